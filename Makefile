@@ -1,0 +1,28 @@
+# Quick start: `make demo` (set up and run the main job), `make test` (set up and run the tests).
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+OUT ?= out
+
+.PHONY: demo test lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# The main job, on the embedded default: check the real data under ../shared/data (or
+# $$POSEFACE_DATA), then score the shipped face detector on real CFP photos (fold 1).
+demo: $(BIN)/python
+	$(BIN)/pip install -q -e .
+	$(BIN)/python -m training.data check
+	$(BIN)/python -m edge.detect.cfp_recall --folds 1 --json $(OUT)/demo/detector_cfp_fold1.json
+
+test: $(BIN)/python
+	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/python -m ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/python
+	$(BIN)/python -m ruff check .
+
+clean:
+	rm -rf $(VENV) $(OUT) .pytest_cache .ruff_cache *.egg-info

@@ -1,0 +1,1 @@
+"""Geometry shared by training and the device: landmark schemes, alignment, head pose."""

@@ -1,0 +1,1 @@
+"""Metrics shared by training's evaluation and the quantization reports (numpy only)."""

@@ -1,0 +1,1 @@
+"""Export and int8 variants of the shipped models, with accuracy reports."""

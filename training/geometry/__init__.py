@@ -1,0 +1,1 @@
+"""Tools that derive the shared geometry constants in edge/geometry from real data."""
