@@ -263,3 +263,23 @@ def _resolve(entries: dict[int, Path], index: int, list_name: str, where: tuple[
             line=where[1],
         )
     return path
+
+
+def parse_folds(text: str) -> list[int]:
+    """ "1-9", "3", "1,4,7-9" -> sorted fold numbers."""
+    folds: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        try:
+            if "-" in part:
+                first, last = (int(v) for v in part.split("-", 1))
+                if first > last:
+                    raise ValueError
+                folds.update(range(first, last + 1))
+            else:
+                folds.add(int(part))
+        except ValueError:
+            raise ValueError(f"--folds: expected fold numbers like '1-9' or '1,3,5-7', got {text!r}") from None
+    if not folds or min(folds) < 1:
+        raise ValueError(f"--folds: expected positive fold numbers, got {text!r}")
+    return sorted(folds)
