@@ -17,7 +17,7 @@ demo: $(BIN)/python
 	$(BIN)/python -m edge.detect.cfp_recall --folds 1 --json $(OUT)/demo/detector_cfp_fold1.json
 
 test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,dev]'
+	$(BIN)/pip install -q -e '.[train,dev,baseline]'
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 

@@ -1,0 +1,34 @@
+"""edge.bench: times every given model side by side and writes the table as JSON."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+from edge.bench import shipped_models
+
+
+def test_bench_times_the_shipped_models(tmp_path):
+    models = shipped_models()
+    names = {m.name for m in models}
+    assert {"face_detection_short_range.tflite", "face_detection_full_range.tflite"} <= names
+    out = tmp_path / "bench.json"
+    res = subprocess.run(
+        [sys.executable, "-m", "edge.bench", *map(str, models[:2]), "--runs", "3", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-1500:]
+    rows = json.loads(out.read_text())["rows"]
+    assert len(rows) == 2 and rows[0]["ratio_to_first"] == 1.0
+    assert all(r["p50_ms"] > 0 and r["p90_ms"] >= r["p50_ms"] for r in rows)
+    assert "p50 ms" in res.stdout
+
+
+def test_bench_without_models_fails_clearly(tmp_path, monkeypatch):
+    from edge import bench
+
+    monkeypatch.setattr(bench, "MODELS_DIR", tmp_path)
+    assert bench.main([]) == 2
