@@ -1,0 +1,144 @@
+"""Landmark training side: crops, augmentation geometry, export (ONNX = torch), a real smoke run."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from edge.landmarks.crop import DetectorCropPolicy, apply_affine, crop_face, crop_matrix, landmark_crop_box
+from edge.landmarks.landmarker import Landmarker
+from edge.landmarks.pipnet_decode import neighbour_table
+from edge.runtime.runner import load_model
+from training.config import to_dict
+from training.landmarks.augment import AugmentConfig, crop_for_training
+from training.landmarks.config import LandmarkTrainConfig
+from training.landmarks.evaluate import TorchRunner
+from training.landmarks.meta import landmark_meta
+from training.landmarks.model import PipNet
+
+TINY = LandmarkTrainConfig(backbone="mobilenetv2", backbone_options={"width": 0.25, "last_channels": 0}, input_size=64)
+
+
+def test_crop_of_the_whole_image_is_a_resize():
+    img = np.random.default_rng(0).integers(0, 255, (40, 40, 3), dtype=np.uint8)
+    crop, _ = crop_face(img, np.array([-0.5, -0.5, 39.5, 39.5]), 20)
+    np.testing.assert_allclose(crop.astype(int), cv2.resize(img, (20, 20), interpolation=cv2.INTER_LINEAR), atol=1)
+
+
+def test_landmark_crop_box_is_square_and_centred():
+    pts = np.array([[10.0, 20.0], [50.0, 40.0], [30.0, 90.0]])
+    box = landmark_crop_box(pts, scale=1.2)
+    assert box[2] - box[0] == pytest.approx(84.0) and box[3] - box[1] == pytest.approx(84.0)
+    np.testing.assert_allclose((box[:2] + box[2:]) / 2, [30.0, 55.0])
+    m = crop_matrix(box, 84)
+    np.testing.assert_allclose(apply_affine(np.array([[30.0, 55.0]]), m), [[41.5, 41.5]])
+
+
+def test_detector_policy_shifts_and_scales():
+    box = DetectorCropPolicy(shift_x=0.0, shift_y=0.1, scale=1.5).crop_box(np.array([0.0, 0.0, 100.0, 80.0]))
+    np.testing.assert_allclose(box, [-25.0, -25.0, 125.0, 125.0])  # centre (50, 40 + 10), side 150
+
+
+def test_augmented_landmarks_follow_the_pixels():
+    # Each landmark is a bright dot; after any augmentation the dots must sit under the
+    # transformed landmarks (geometry only: photometric changes switched off).
+    rng = np.random.default_rng(3)
+    pts = np.stack([rng.uniform(60, 140, 68), rng.uniform(60, 140, 68)], axis=1)
+    cfg = AugmentConfig(occlude=0, blur=0, gray=0, colour=0, flip=0.5)
+    for seed in range(6):
+        k = seed * 11 % 68
+        img = np.zeros((200, 200, 3), np.uint8)
+        cv2.circle(img, tuple(int(round(v)) for v in pts[k]), 3, (255, 255, 255), -1)
+        crop, out = crop_for_training(img, pts, 96, np.random.default_rng(seed), cfg)
+        ys, xs = np.nonzero(crop[..., 0] > 128)
+        centre = np.array([xs.mean(), ys.mean()])
+        # landmark k moved to index MIRROR_68^-1(k) if flipped; find the one nearest the dot
+        d = np.linalg.norm(out - centre, axis=1)
+        assert d.min() < 1.5
+        assert np.linalg.norm(out[k] - centre) < 1.5 or np.argmin(d) != k  # flipped: index moved
+
+
+def _tiny_checkpoint(tmp_path: Path) -> Path:
+    torch.manual_seed(0)
+    model = PipNet(TINY.backbone, 68, TINY.num_nb, **TINY.backbone_options)
+    for p in model.parameters():  # non-trivial heads, so argmax and offsets differ per cell
+        p.data.normal_(0, 0.2)
+    model.eval()
+    mf = np.random.default_rng(0).uniform(5, 60, (68, 2))
+    meta = landmark_meta(TINY, neighbour_table(mf, TINY.num_nb), mf, name="tiny")
+    path = tmp_path / "tiny.pt"
+    torch.save({"model": model.state_dict(), "config": to_dict(TINY), "meta": meta.to_dict()}, path)
+    return path
+
+
+@pytest.mark.parametrize("decoder", ["numpy", "graph"])
+def test_export_matches_torch_and_decodes_identically(tmp_path, decoder):
+    from training.landmarks.export import export_onnx
+    from training.landmarks.train import load_checkpoint
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    out = export_onnx(ckpt, tmp_path / f"tiny_{decoder}.onnx", decoder=decoder)  # raises if > 1e-4 off
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["extra"]["decoder"] == decoder and len(meta["sha256"]) == 64
+    runner = load_model(out)
+    model, tmeta, _ = load_checkpoint(ckpt)
+    crops = [np.random.default_rng(i).integers(0, 255, (64, 64, 3), dtype=np.uint8) for i in range(3)]
+    via_onnx = Landmarker(runner).predict_crops(crops)
+    via_torch = Landmarker(TorchRunner(model, tmeta)).predict_crops(crops)
+    # a near-tie between two score cells may resolve either way; every other point agrees
+    agree = np.linalg.norm(via_onnx - via_torch, axis=-1) < 1e-3
+    assert agree.mean() > 0.97
+
+
+def test_training_runs_and_resumes_on_real_faces(real_data, tmp_path):
+    from edge.datasets.w300 import list_300w
+    from training.landmarks import train as tr
+
+    if not (real_data / "300w").is_dir():
+        pytest.skip("300w absent")
+    cfg = replace(TINY, epochs=2, milestones=(1,), batch_size=8, workers=0, threads=1)
+    faces = list_300w(real_data / "300w")
+    assert len(faces) == 1207
+    samples, val = tr.labelled_300w(cfg, real_data / "300w")
+    samples, val = samples[:32], val[:16]
+    mf = np.mean([apply_affine(s.points, crop_matrix(landmark_crop_box(s.points), 64)) for s in samples], axis=0)
+    meta = landmark_meta(cfg, neighbour_table(mf, cfg.num_nb), mf)
+    stage = tmp_path / "stage"
+    best = tr.fit(replace(cfg, epochs=1), meta, samples, val, stage, 1, (1,))
+    rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1] and np.isfinite(best["nme"])
+    tr.fit(cfg, meta, samples, val, stage, 2, (1,))  # resumes at epoch 2, does not redo epoch 1
+    rows = [json.loads(x) for x in (stage / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert rows[1]["lr"] == pytest.approx(cfg.lr * cfg.gamma)
+    assert (stage / "best.pt").exists() and (stage / "curves.png").exists()
+
+
+@pytest.mark.parametrize("path", sorted((Path(__file__).parents[1] / "training/landmarks/configs").glob("*.toml")))
+def test_shipped_recipes_load(path):
+    from training.config import load_toml
+
+    cfg = load_toml(LandmarkTrainConfig, path)
+    assert len(cfg.stc.coarse_sizes) == cfg.stc.rounds
+    assert all(c == 0 or cfg.map_size % c == 0 for c in cfg.stc.coarse_sizes)
+
+
+def test_config_errors_name_the_key(tmp_path):
+    from training.config import ConfigError, load_toml
+
+    bad = tmp_path / "bad.toml"
+    bad.write_text('backbone = "mobilenetv2"\nepoch = 3\n')
+    with pytest.raises(ConfigError, match="unknown key 'epoch'"):
+        load_toml(LandmarkTrainConfig, bad)
+    bad.write_text("input_size = 100\n")
+    with pytest.raises(ConfigError, match="multiple of 32"):
+        load_toml(LandmarkTrainConfig, bad)
+    bad.write_text('lr = "fast"\n')
+    with pytest.raises(ConfigError, match="lr: expected float"):
+        load_toml(LandmarkTrainConfig, bad)

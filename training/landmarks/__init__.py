@@ -1,0 +1,1 @@
+"""PIPNet facial landmarks: model, targets, loss, data, training, evaluation, export."""

@@ -1,0 +1,134 @@
+"""python -m training.landmarks {train,eval,export,posecheck} ..."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from training.config import ConfigError, load_toml
+from training.landmarks.config import LandmarkTrainConfig
+
+
+def cmd_train(args) -> int:
+    from training.landmarks.train import train_supervised
+
+    cfg = load_toml(LandmarkTrainConfig, args.config) if args.config else LandmarkTrainConfig()
+    run_dir = Path(args.out)
+    best = train_supervised(cfg, run_dir)
+    print(f"supervised: best validation NME {best['nme']:.4f} at epoch {best.get('epoch')}")
+    if cfg.stc.rounds and not args.no_stc:
+        from training.landmarks.stc import train_stc
+
+        train_stc(cfg, run_dir)
+    return 0
+
+
+def _write(report: dict, out: Path | None) -> None:
+    text = json.dumps(report, indent=1)
+    print(text)
+    if out:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
+
+
+def cmd_eval(args) -> int:
+    import numpy as np
+    from tqdm import tqdm
+
+    from edge.landmarks.crop import landmark_crop_box
+    from edge.metrics.landmarks import nme
+    from training.landmarks.evalcli import labelled_images, load_landmarker, plot_ced, score, yaw_of
+    from training.landmarks.evaluate import predict_faces
+
+    if args.images:
+        faces = labelled_images(args.images)
+        source = str(args.images)
+    else:
+        from edge.datasets.w300 import list_300w, load_landmarks, split_300w
+
+        train, val = split_300w(list_300w(), val_fraction=0.2, seed=0)
+        faces = [(f.image_path, load_landmarks(f)) for f in (val if args.split == "val" else train)]
+        source = f"300-W {args.split} split (split_300w, val_fraction 0.2, seed 0)"
+    landmarker = load_landmarker(args.model, args.threads)
+    t0 = time.perf_counter()
+    preds = predict_faces(landmarker, [(p, landmark_crop_box(g)) for p, g in faces], lambda it: tqdm(it, desc="eval"))
+    seconds = time.perf_counter() - t0
+    gts = np.stack([g for _, g in faces])
+    errors = nme(preds, gts)
+    yaws = np.array([yaw_of(p, g) for p, g in faces])
+    report = {"model": str(args.model), "images": source, **score(errors, yaws)}
+    report["seconds_per_face"] = round(seconds / len(faces), 4)
+    if args.ced:
+        plot_ced({Path(args.model).name: errors}, args.ced)
+    _write(report, args.json)
+    return 0
+
+
+def cmd_export(args) -> int:
+    from training.landmarks.export import export_onnx
+
+    accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
+    out = export_onnx(args.checkpoint, args.out, decoder=args.decoder, accuracy=accuracy)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def cmd_posecheck(args) -> int:
+    from edge.datasets.cfp import parse_folds
+    from training.landmarks.evalcli import load_landmarker
+    from training.landmarks.posecheck import pose_check
+
+    landmarker = load_landmarker(args.model, args.threads)
+    report = {"model": str(args.model), **pose_check(landmarker, args.cfp_root, parse_folds(args.folds))}
+    _write(report, args.json)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m training.landmarks", description="PIPNet landmarks")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train (resumes if the run folder has a checkpoint)")
+    p.add_argument("--config", type=Path, help="TOML recipe (see training/landmarks/configs/)")
+    p.add_argument("--out", type=Path, required=True, help="run folder")
+    p.add_argument("--no-stc", action="store_true", help="stop after the supervised stage")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="NME / FR@0.1 / AUC@0.1 on images with .pts beside them")
+    p.add_argument("--model", type=Path, required=True, help="checkpoint .pt, or exported .onnx / .tflite")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--images", type=Path, help="folder of images with iBUG .pts files beside them")
+    src.add_argument("--split", choices=["val", "train"], help="our fixed 300-W split instead of a folder")
+    p.add_argument("--json", type=Path, help="write the report here too")
+    p.add_argument("--ced", type=Path, help="write a CED plot (PNG) here")
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="ONNX (opset 17) + metadata JSON, checked against torch")
+    p.add_argument("--checkpoint", type=Path, required=True)
+    p.add_argument("--out", type=Path, required=True, help="output .onnx path")
+    p.add_argument("--decoder", choices=["numpy", "graph"], default="numpy")
+    p.add_argument("--accuracy", type=Path, help="JSON of measured numbers to record in the metadata")
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("posecheck", help="yaw from our landmarks on CFP frontal/profile photos")
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--cfp-root", type=Path, default=None, help="CFP-layout folder (default: the data root's cfp/)")
+    p.add_argument("--folds", default="1-9")
+    p.add_argument("--json", type=Path)
+    p.add_argument("--threads", type=int, default=1)
+    p.set_defaults(func=cmd_posecheck)
+
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""The landmark training recipe: every number a run depends on, in one typed record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from training.landmarks.augment import AugmentConfig
+
+
+@dataclass(frozen=True)
+class StcConfig:
+    """Self-training with curriculum: rounds of re-label, re-initialise, train.
+
+    ``coarse_sizes[r]`` is the side of the coarse score map that supervises pseudo-labelled
+    faces in round r (0 = full targets). Each round trains ``epochs`` epochs on the labelled
+    faces plus ``unlabeled_per_round`` pseudo-labelled faces (a random subset per round).
+    """
+
+    rounds: int = 0
+    coarse_sizes: tuple[int, ...] = (2, 4, 0)
+    epochs: int = 40
+    milestones: tuple[int, ...] = (25, 35)
+    unlabeled_per_round: int = 2000
+    cfp_fraction: float = 0.5  # share of CFP photos (half of them profiles) among unlabeled faces
+    min_detection_score: float = 0.6
+
+
+@dataclass(frozen=True)
+class LandmarkTrainConfig:
+    backbone: str = "mobilenetv2"
+    backbone_options: dict = field(default_factory=dict)
+    input_size: int = 256
+    num_nb: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    epochs: int = 60
+    milestones: tuple[int, ...] = (30, 50)
+    gamma: float = 0.1
+    score_weight: float = 10.0
+    nb_weight: float = 1.0
+    val_fraction: float = 0.2
+    split_seed: int = 0
+    seed: int = 0
+    threads: int = 2
+    workers: int = 1
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    stc: StcConfig = field(default_factory=StcConfig)
+
+    def __post_init__(self) -> None:
+        if self.input_size % 32:
+            raise ValueError(f"input_size must be a multiple of 32 (the stride), got {self.input_size}")
+        if list(self.milestones) != sorted(self.milestones):
+            raise ValueError(f"milestones must be increasing, got {self.milestones}")
+
+    @property
+    def map_size(self) -> int:
+        return self.input_size // 32

@@ -1,0 +1,72 @@
+"""Landmark samples and the torch Dataset that crops, augments and builds PIPNet targets."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from edge.imageio import read_image_bgr
+from edge.landmarks.crop import apply_affine, crop_matrix, landmark_crop_box
+from edge.runtime.meta import ModelMeta
+from edge.runtime.preprocess import preprocess
+from training.landmarks.augment import AugmentConfig, crop_for_training
+from training.landmarks.targets import make_targets
+
+
+@dataclass(frozen=True)
+class LandmarkSample:
+    """One face: its photo, 68 points in that photo's pixels, and how it is supervised.
+
+    ``coarse_factor`` 1 = full targets (labelled faces, late STC rounds); f > 1 = only the
+    score map max-pooled by f (pseudo-labelled faces in early STC rounds).
+    """
+
+    image_path: Path
+    points: np.ndarray
+    coarse_factor: int = 1
+    name: str = ""
+
+
+def mean_face(samples: list[LandmarkSample], size: int) -> np.ndarray:
+    """(68, 2) mean landmarks in crop pixels under the test crop policy."""
+    shapes = [apply_affine(s.points, crop_matrix(landmark_crop_box(s.points), size)) for s in samples]
+    return np.mean(shapes, axis=0)
+
+
+class LandmarkDataset(torch.utils.data.Dataset):
+    def __init__(
+        self,
+        samples: list[LandmarkSample],
+        meta: ModelMeta,
+        neighbours: np.ndarray,
+        augment: AugmentConfig | None,
+        seed: int = 0,
+    ):
+        self.samples = samples
+        self.meta = meta
+        self.neighbours = neighbours
+        self.augment = augment
+        self.seed = seed
+        self.epoch = 0
+        self.size = meta.input_size[0]
+        self.map_size = (self.size // 32, self.size // 32)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, i: int) -> dict:
+        s = self.samples[i]
+        image = read_image_bgr(s.image_path)
+        rng = None if self.augment is None else np.random.default_rng((self.seed, self.epoch, i))
+        crop, pts = crop_for_training(image, s.points, self.size, rng, self.augment or AugmentConfig())
+        t = make_targets(pts, self.neighbours, self.map_size, 32)
+        return {
+            "image": torch.from_numpy(preprocess([crop], self.meta)[0]),
+            "cell": torch.from_numpy(t["cell"]),
+            "off": torch.from_numpy(t["off"]),
+            "nb_off": torch.from_numpy(t["nb_off"]),
+            "coarse_factor": torch.tensor(s.coarse_factor, dtype=torch.long),
+        }

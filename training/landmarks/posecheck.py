@@ -1,0 +1,58 @@
+"""Pose check on real CFP photos: does yaw from our landmarks separate frontal from profile?
+
+The device chain exactly: BlazeFace (short range) -> detector crop policy -> PIPNet ->
+numpy decoder -> shared head pose. Reports the share of frontal photos with |yaw| <= 20
+degrees and of profile photos with |yaw| >= 45 degrees, the |yaw| distribution of each, and
+the photos with no face found (counted as failures of the check).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.datasets.cfp import cfp_photos, fold_identities
+from edge.detect.registry import build_detector
+from edge.geometry.headpose import head_pose
+from edge.imageio import read_image_bgr
+from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
+from edge.landmarks.landmarker import Landmarker
+
+FRONTAL_MAX_YAW = 20.0
+PROFILE_MIN_YAW = 45.0
+
+
+def photo_yaws(landmarker: Landmarker, photos, detector=None, progress: bool = True) -> list[float | None]:
+    """|yaw| in degrees per photo from the device chain; None where no face was found."""
+    detector = detector or build_detector({"type": "blazeface", "range": "short"})
+    out: list[float | None] = []
+    for photo in tqdm(photos, disable=not progress, desc="pose check", mininterval=5):
+        image = read_image_bgr(photo.image_path)
+        dets = detector.detect(image)
+        if not dets:
+            out.append(None)
+            continue
+        box = BLAZEFACE_SHORT_CROP.crop_box(dets[0].box)
+        pts = landmarker.predict(image, [box])[0]
+        out.append(abs(head_pose(pts, (image.shape[1], image.shape[0])).yaw))
+    return out
+
+
+def pose_check(landmarker: Landmarker, cfp_root, folds, progress: bool = True) -> dict:
+    ids = [i for f in folds for i in fold_identities(f)]
+    report: dict = {"folds": list(folds)}
+    for view in ("frontal", "profile"):
+        photos = cfp_photos(cfp_root, identities=ids, views=(view,))
+        yaws = photo_yaws(landmarker, photos, progress=progress)
+        found = np.array([y for y in yaws if y is not None])
+        ok = (found <= FRONTAL_MAX_YAW) if view == "frontal" else (found >= PROFILE_MIN_YAW)
+        key = f"share_abs_yaw_le_{FRONTAL_MAX_YAW:g}" if view == "frontal" else f"share_abs_yaw_ge_{PROFILE_MIN_YAW:g}"
+        report[view] = {
+            "photos": len(photos),
+            "no_face": int(sum(y is None for y in yaws)),
+            key: float(ok.sum() / len(photos)) if photos else float("nan"),
+            "abs_yaw_percentiles_10_50_90": [round(float(v), 1) for v in np.percentile(found, [10, 50, 90])]
+            if len(found)
+            else [],
+        }
+    return report

@@ -1,0 +1,217 @@
+"""Supervised PIPNet training on 300-W: resumable, one run folder, progress and plots.
+
+Run folder: ``config.json`` (the resolved recipe), ``split.json`` (the validation photos),
+``meta.json`` (the model's metadata: neighbour table, mean face), ``last.pt`` (written
+atomically every epoch), ``best.pt`` (lowest validation NME), ``metrics.jsonl`` (one line
+an epoch), ``metrics.json`` (summary), ``curves.png`` and ``ced.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from edge.datasets.w300 import list_300w, load_landmarks, split_300w
+from edge.landmarks.landmarker import Landmarker
+from edge.landmarks.pipnet_decode import neighbour_table
+from edge.metrics.landmarks import summarise
+from edge.runtime.meta import ModelMeta, meta_from_dict
+from training.config import from_dict, to_dict
+from training.landmarks.config import LandmarkTrainConfig
+from training.landmarks.data import LandmarkDataset, LandmarkSample, mean_face
+from training.landmarks.evaluate import TorchRunner, evaluate_labelled
+from training.landmarks.meta import landmark_meta
+from training.landmarks.model import PipNet
+from training.landmarks.targets import pipnet_loss
+
+
+def atomic_save(obj, path: Path) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def write_json(path: Path, payload) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(payload, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def labelled_300w(cfg: LandmarkTrainConfig, root=None) -> tuple[list[LandmarkSample], list[LandmarkSample]]:
+    faces = list_300w(root)
+    train, val = split_300w(faces, val_fraction=cfg.val_fraction, seed=cfg.split_seed)
+
+    def samples(fs):
+        return [LandmarkSample(f.image_path, load_landmarks(f), 1, f.name) for f in fs]
+
+    return samples(train), samples(val)
+
+
+def build_model(cfg: LandmarkTrainConfig) -> PipNet:
+    torch.manual_seed(cfg.seed)
+    return PipNet(cfg.backbone, 68, cfg.num_nb, **cfg.backbone_options)
+
+
+def load_checkpoint(path: Path) -> tuple[PipNet, ModelMeta, dict]:
+    """A trained model, its metadata and the raw checkpoint dict."""
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(from_dict(LandmarkTrainConfig, ckpt["config"], f"{path}:config"))
+    model.load_state_dict(ckpt["model"])
+    model.eval()
+    return model, meta_from_dict(ckpt["meta"], str(path)), ckpt
+
+
+def validate(model: PipNet, meta: ModelMeta, val: list[LandmarkSample]) -> np.ndarray:
+    return evaluate_labelled(Landmarker(TorchRunner(model, meta)), [(s.image_path, s.points) for s in val])
+
+
+def fit(
+    cfg: LandmarkTrainConfig,
+    meta: ModelMeta,
+    train_samples: list[LandmarkSample],
+    val: list[LandmarkSample],
+    stage_dir: Path,
+    epochs: int,
+    milestones: tuple[int, ...],
+) -> dict:
+    """Train a freshly initialised PIPNet for ``epochs``; resumes from ``stage_dir/last.pt``."""
+    stage_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(cfg.threads)
+    neighbours = np.asarray(meta.extra["neighbours"])
+    model = build_model(cfg)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=cfg.gamma)
+    start, best = 0, {"nme": float("inf")}
+    last = stage_dir / "last.pt"
+    if last.exists():
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        sched.load_state_dict(ckpt["scheduler"])
+        start, best = ckpt["epoch"] + 1, ckpt["best"]
+        print(f"resuming {stage_dir} at epoch {start + 1}/{epochs} (best val NME {best['nme']:.4f})")
+    dataset = LandmarkDataset(train_samples, meta, neighbours, cfg.augment, seed=cfg.seed)
+    log_path = stage_dir / "metrics.jsonl"
+    for epoch in range(start, epochs):
+        dataset.epoch = epoch
+        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_size=cfg.batch_size,
+            shuffle=True,
+            drop_last=True,
+            generator=gen,
+            num_workers=cfg.workers,
+            persistent_workers=False,
+        )
+        model.train()
+        sums, t0 = {}, time.time()
+        bar = tqdm(
+            loader,
+            desc=f"{stage_dir.name} epoch {epoch + 1}/{epochs}",
+            leave=False,
+            mininterval=2 if sys.stderr.isatty() else 30,
+        )
+        for batch in bar:
+            losses = pipnet_loss(
+                model(batch["image"]),
+                batch["cell"],
+                batch["off"],
+                batch["nb_off"],
+                batch["coarse_factor"],
+                cfg.score_weight,
+                cfg.nb_weight,
+            )
+            opt.zero_grad()
+            losses["total"].backward()
+            opt.step()
+            for k, v in losses.items():
+                sums[k] = sums.get(k, 0.0) + v.item()
+            bar.set_postfix(loss=f"{losses['total'].item():.4f}", refresh=False)
+        sched.step()
+        errors = validate(model, meta, val)
+        scores = summarise(errors).as_dict()
+        row = {
+            "epoch": epoch + 1,
+            "lr": opt.param_groups[0]["lr"],
+            "seconds": round(time.time() - t0, 1),
+            **{f"loss_{k}": v / max(1, len(loader)) for k, v in sums.items()},
+            **{f"val_{k}": v for k, v in scores.items()},
+        }
+        with open(log_path, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+        print(json.dumps(row))
+        state = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta.to_dict()}
+        if scores["nme"] < best["nme"]:
+            best = {"nme": scores["nme"], "epoch": epoch + 1}
+            atomic_save({**state, "val": scores, "epoch": epoch}, stage_dir / "best.pt")
+        atomic_save(
+            {**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "best": best},
+            last,
+        )
+    plot_curves(log_path, stage_dir / "curves.png")
+    return best
+
+
+def plot_curves(log_path: Path, out: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    if not rows:
+        return
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4))
+    ax[0].plot(ep, [r["loss_total"] for r in rows], label="total")
+    ax[0].plot(ep, [r["loss_score"] * 10 for r in rows], label="10 x score")
+    ax[0].plot(ep, [r["loss_offset"] for r in rows], label="offset")
+    ax[0].plot(ep, [r["loss_neighbour"] for r in rows], label="neighbour")
+    ax[0].set_xlabel("epoch")
+    ax[0].set_ylabel("training loss")
+    ax[0].legend()
+    ax[1].plot(ep, [r["val_nme"] for r in rows])
+    ax[1].set_xlabel("epoch")
+    ax[1].set_ylabel("validation NME (inter-ocular)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+
+
+def prepare_run(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None):
+    """Split, neighbour table, metadata; written to the run folder (kept on resume)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    train, val = labelled_300w(cfg, data_root)
+    meta_path = run_dir / "meta.json"
+    if meta_path.exists():
+        meta = meta_from_dict(json.loads(meta_path.read_text()), str(meta_path))
+    else:
+        mf = mean_face(train, cfg.input_size)
+        meta = landmark_meta(cfg, neighbour_table(mf, cfg.num_nb), mf)
+        write_json(meta_path, meta.to_dict())
+    write_json(run_dir / "config.json", to_dict(cfg))
+    write_json(
+        run_dir / "split.json",
+        {
+            "rule": f"split_300w(val_fraction={cfg.val_fraction}, seed={cfg.split_seed}), by photo id",
+            "train": len(train),
+            "val": len(val),
+            "val_faces": [s.name for s in val],
+        },
+    )
+    return train, val, meta
+
+
+def train_supervised(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None) -> dict:
+    train, val, meta = prepare_run(cfg, run_dir, data_root)
+    best = fit(cfg, meta, train, val, run_dir / "supervised", cfg.epochs, cfg.milestones)
+    write_json(run_dir / "metrics.json", {"supervised": best})
+    return best
