@@ -44,11 +44,12 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from edge.datasets.pts import read_pts
 from edge.datasets.w300 import Face300W, list_300w, load_landmarks, split_300w
-from edge.imageio import list_images, read_image_bgr
+from edge.detect.base import box_iou
+from edge.imageio import read_image_bgr
 from edge.landmarks.crop import DetectorCropPolicy, landmark_crop_box
 from edge.metrics.landmarks import nme, summarise
+from training.landmarks.evalcli import labelled_images
 
 N_POINTS = 68
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -136,20 +137,11 @@ def box_to_rect(box: np.ndarray):
     return dlib.rectangle(left, top, right, bottom)
 
 
-def box_iou(a: np.ndarray, b: np.ndarray) -> float:
-    """IoU of two [x1, y1, x2, y2] boxes."""
-    w = min(a[2], b[2]) - max(a[0], b[0])
-    h = min(a[3], b[3]) - max(a[1], b[1])
-    inter = max(w, 0.0) * max(h, 0.0)
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 def best_match(box: np.ndarray, candidates: Sequence[np.ndarray], min_iou: float) -> int | None:
     """Index of the candidate box of highest IoU with ``box``, None if none reaches ``min_iou``."""
     if not len(candidates):
         return None
-    ious = [box_iou(box, c) for c in candidates]
+    ious = box_iou(np.asarray(box), np.stack(candidates))
     best = int(np.argmax(ious))
     return best if ious[best] >= min_iou else None
 
@@ -306,16 +298,6 @@ def fit_box_map(
 
 
 # --- evaluation --------------------------------------------------------------------------------
-
-
-def labelled_images(folder: os.PathLike | str) -> list[tuple[Path, np.ndarray]]:
-    """(image path, 68 points) for every image below ``folder`` with an iBUG ``.pts`` beside it."""
-    items = []
-    for path in list_images(folder):
-        pts = path.with_suffix(".pts")
-        if pts.is_file():
-            items.append((path, read_pts(pts, n_points=N_POINTS)))
-    return items
 
 
 def split_faces(part: str, root: os.PathLike | str | None = None) -> list[tuple[Path, np.ndarray]]:

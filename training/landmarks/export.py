@@ -35,8 +35,14 @@ class _WithDecoder(nn.Module):
 
 
 def export_onnx(
-    checkpoint: Path, out: Path, decoder: str = "numpy", accuracy: dict | None = None, name: str | None = None
+    checkpoint: Path,
+    out: Path,
+    decoder: str = "numpy",
+    accuracy: dict | None = None,
+    name: str | None = None,
+    notes: str | None = None,
 ) -> Path:
+    """Write ``out`` (.onnx) and its metadata; ``accuracy`` holds measured numbers, ``notes`` how."""
     model, meta, _ = load_checkpoint(checkpoint)
     model.eval()
     size = meta.input_size[0]
@@ -65,6 +71,8 @@ def export_onnx(
     tmp.replace(out)
     extra = dict(meta.extra)
     extra["decoder"] = decoder
+    if notes:
+        extra["accuracy_notes"] = notes
     meta = dataclasses.replace(
         meta,
         name=name or out.stem,
