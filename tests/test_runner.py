@@ -370,9 +370,8 @@ def test_int8_tflite_quantises_input_and_dequantises_output_with_model_params(tm
     in_scale, in_zero, out_scale, out_zero = 0.05, -3, 0.1, 130
     path = tmp_path / "requant.tflite"
     path.write_bytes(_build_requantize_tflite((in_scale, in_zero), (out_scale, out_zero)))
-    meta = ModelMeta(
+    meta = make_meta(
         name="requant",
-        version="1",
         task="test",
         format="tflite",
         precision="int8",
@@ -380,7 +379,6 @@ def test_int8_tflite_quantises_input_and_dequantises_output_with_model_params(tm
         input_layout="NHWC",
         color_order="GRAY",
         normalisation=Normalisation(mean=(0.0,), std=(1.0,)),
-        input_name="x",
         output_names=("y",),
         sha256=file_sha256(path),
     )

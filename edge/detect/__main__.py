@@ -20,7 +20,7 @@ import sys
 from pathlib import Path
 from typing import Any, Sequence
 
-from edge.detect.registry import build_detector
+from edge.detect.registry import add_detector_arguments, build_detector, detector_config_from_args
 from edge.imageio import ImageReadError, list_images, read_image_bgr
 
 
@@ -54,20 +54,8 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("paths", nargs="+", type=Path, metavar="PATH")
     parser.add_argument("--json", type=Path, required=True, dest="json_out", metavar="OUT")
-    parser.add_argument("--detector", choices=("blazeface", "haar"), default="blazeface")
-    parser.add_argument("--range", choices=("short", "full"), default="short", dest="range_")
-    parser.add_argument("--score-threshold", type=float, default=None)
-    parser.add_argument("--threads", type=int, default=1)
+    add_detector_arguments(parser)
     return parser.parse_args(argv)
-
-
-def _config(args: argparse.Namespace) -> dict[str, Any]:
-    if args.detector == "haar":
-        return {"type": "haar"}
-    config: dict[str, Any] = {"type": "blazeface", "range": args.range_, "threads": args.threads}
-    if args.score_threshold is not None:
-        config["score_threshold"] = args.score_threshold
-    return config
 
 
 def _with_progress(items: list) -> Any:
@@ -81,7 +69,7 @@ def _with_progress(items: list) -> Any:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse_args(argv)
     try:
-        detector = build_detector(_config(args))
+        detector = build_detector(detector_config_from_args(args))
     except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

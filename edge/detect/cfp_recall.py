@@ -38,7 +38,7 @@ from edge.datasets.cfp import (
 )
 from edge.datasets.root import data_root
 from edge.detect.base import Detection, FaceDetector, box_iou
-from edge.detect.registry import build_detector
+from edge.detect.registry import add_detector_arguments, build_detector, detector_config_from_args
 from edge.imageio import ImageReadError, read_image_bgr
 
 
@@ -141,23 +141,11 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--root", type=Path, default=None, help="CFP folder (default: DATA/cfp)")
     parser.add_argument("--folds", default="1-9", help="e.g. 1-9 or 1,3,5 (default 1-9)")
-    parser.add_argument("--detector", choices=("blazeface", "haar"), default="blazeface")
-    parser.add_argument("--range", choices=("short", "full"), default="short", dest="range_")
-    parser.add_argument("--score-threshold", type=float, default=None)
+    add_detector_arguments(parser)
     parser.add_argument("--iou", type=float, default=0.3)
-    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--every", type=int, default=1, help="use every Nth identity (default 1)")
     parser.add_argument("--json", type=Path, required=True, dest="json_out")
     return parser.parse_args(argv)
-
-
-def detector_config(args: argparse.Namespace) -> dict[str, Any]:
-    if args.detector == "haar":
-        return {"type": "haar"}
-    config: dict[str, Any] = {"type": "blazeface", "range": args.range_, "threads": args.threads}
-    if args.score_threshold is not None:
-        config["score_threshold"] = args.score_threshold
-    return config
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -180,7 +168,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # OpenCV's own pool (resizing, Haar cascades) is held to the same count, so timings
         # compare detectors on equal terms.
         cv2.setNumThreads(args.threads)
-        config = detector_config(args)
+        config = detector_config_from_args(args)
         detector = build_detector(config)
     except (ValueError, OSError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)

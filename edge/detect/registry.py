@@ -71,3 +71,21 @@ def build_detector(config: Mapping[str, Any]) -> FaceDetector:
         raise ValueError(f"detector config: unknown type {kind!r} (known types: {', '.join(sorted(DETECTORS))})")
     options = {key: value for key, value in config.items() if key != "type"}
     return DETECTORS[kind](options)
+
+
+def add_detector_arguments(parser) -> None:
+    """The detector options every detector CLI takes (--detector, --range, --score-threshold, --threads)."""
+    parser.add_argument("--detector", choices=tuple(DETECTORS), default="blazeface")
+    parser.add_argument("--range", choices=("short", "full"), default="short", dest="range_")
+    parser.add_argument("--score-threshold", type=float, default=None)
+    parser.add_argument("--threads", type=int, default=1)
+
+
+def detector_config_from_args(args) -> dict[str, Any]:
+    """A :func:`build_detector` config from the options of :func:`add_detector_arguments`."""
+    if args.detector == "haar":
+        return {"type": "haar"}
+    config: dict[str, Any] = {"type": "blazeface", "range": args.range_, "threads": args.threads}
+    if args.score_threshold is not None:
+        config["score_threshold"] = args.score_threshold
+    return config
