@@ -126,11 +126,8 @@ def main(argv=None) -> int:
     runner_errors = errors_of(Landmarker(load_model(shipped)), faces)
     report["shipped"] = {"file": str(args.ship), "stage": chosen, **score(runner_errors, yaws)}
     folds = parse_folds(args.posecheck_folds)
-    report["pose_check"] = {
-        name: pose_check(load_landmarker(p), None, folds, progress=False)
-        for name, p in (("supervised", args.run / "supervised" / "best.pt"), ("shipped", shipped))
-        if p.exists()
-    }
+    checked = [(stage.name, stage / "best.pt") for stage in stages(args.run)] + [("shipped", shipped)]
+    report["pose_check"] = {name: pose_check(load_landmarker(p), None, folds, progress=False) for name, p in checked}
     if not args.no_dlib:
         from training.landmarks.baseline_dlib import DLIB_POINT_OFFSET, DlibLandmarker
 
