@@ -163,7 +163,7 @@ class SourceConfig:
     )
 
     def framerate(self) -> str:
-        """``fps`` as the fraction GStreamer caps want: 15 -> '15/1', 29.97 -> '30000/1001'."""
+        """``fps`` as the fraction GStreamer caps want: 15 -> '15/1', 29.97 -> '2997/100' (29.97003 -> '30000/1001')."""
         frac = fractions.Fraction(self.fps).limit_denominator(1001)
         return f"{frac.numerator}/{frac.denominator}"
 
