@@ -47,6 +47,7 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - Python 3.9/3.10 (Jetson, older Raspberry Pi OS)
     import tomli as tomllib
 
+from edge.matching import DEFAULT_YAW_EDGES
 from edge.runtime.meta import meta_path_for
 
 # The schema's dataclass fields say Optional[X], not X | None: their annotations are evaluated
@@ -306,7 +307,8 @@ class MatchingConfig:
     """Pose-aware matching: the accept threshold depends on the probe's |yaw| bin."""
 
     yaw_bin_edges: Tuple[float, ...] = _f(
-        (30.0, 60.0), doc="|yaw| bin edges in degrees, increasing, in (0, 90): [0, 30), [30, 60), [60, 90]"
+        DEFAULT_YAW_EDGES,
+        doc="|yaw| bin edges in degrees, increasing, in (0, 90): [0, 15), [15, 30), [30, 45), [45, 90]",
     )
     thresholds: Union[str, Tuple[float, ...]] = _f(
         THRESHOLDS_FROM_METADATA,

@@ -139,8 +139,8 @@ BAD = {
     "unknown choice": ('[detector]\nrange = "medium"\n', "detector.range", "one of 'short', 'full', 'auto'"),
     "unknown source type": ('[source]\ntype = "webcam"\n', "source.type", "'picamera2'"),
     "yaw edges not increasing": ("[matching]\nyaw_bin_edges = [60.0, 30.0]\n", "matching.yaw_bin_edges[1]", "30.0"),
-    "threshold count": ("[matching]\nthresholds = [0.5, 0.4]\n", "matching.thresholds", "expected 3 thresholds"),
-    "threshold range": ("[matching]\nthresholds = [0.5, 0.4, 2.0]\n", "matching.thresholds[2]", "[-1, 1]"),
+    "threshold count": ("[matching]\nthresholds = [0.5, 0.4]\n", "matching.thresholds", "expected 4 thresholds"),
+    "threshold range": ("[matching]\nthresholds = [0.5, 0.4, 2.0, 0.3]\n", "matching.thresholds[2]", "[-1, 1]"),
     "backoff upside down": (
         "[source]\nreconnect_initial_s = 10\nreconnect_max_s = 5\n",
         "source.reconnect_max_s",
@@ -283,7 +283,7 @@ def test_config_to_dict_round_trips(tmp_path):
             tmp_path,
             '[[events.sinks]]\ntype = "mqtt"\nhost = "broker"\npassword_file = "pw"\n'
             '[[events.sinks]]\ntype = "webhook"\nurl = "https://h/x"\n'
-            "[matching]\nthresholds = [0.5, 0.4, 0.3]\n",
+            "[matching]\nthresholds = [0.5, 0.4, 0.3, 0.25]\n",
         )
     )
     assert cfg.events.sinks == (
@@ -331,7 +331,7 @@ def test_detector_range_and_options():
 
 def test_yaw_bins():
     matching = load_config(None).matching
-    assert [matching.yaw_bin(y) for y in (0, 29.9, 30, -45, 60, 89, -90)] == [0, 0, 1, 1, 2, 2, 2]
+    assert [matching.yaw_bin(y) for y in (0, 14.9, 15, -29.9, 30, -45, 60, -90)] == [0, 0, 1, 1, 2, 3, 3, 3]
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,160 @@
+"""Pose-aware gallery matching: cosine similarity, with an accept threshold per probe yaw bin.
+
+A profile probe scores lower against everyone, the right person included, than a frontal one,
+so one threshold is either too strict for profiles or too lax for frontal faces. The threshold
+therefore depends on the probe's |yaw| bin. The values are calibrated on real CFP
+frontal-frontal and frontal-profile pairs at a target false-accept rate by
+``python -m edge.calibrate`` and stored as the dict of :meth:`YawThresholds.to_dict`.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from edge.gallery import GalleryArrays
+
+# Upper edges of the |yaw| bins in degrees: [0, 15), [15, 30), [30, 45), [45, 180].
+DEFAULT_YAW_EDGES = (15.0, 30.0, 45.0)
+THRESHOLDS_VERSION = 1
+
+
+class ThresholdsError(ValueError):
+    """A thresholds record is malformed; the message names the source and the field."""
+
+
+@dataclass(frozen=True)
+class YawThresholds:
+    """Cosine accept thresholds per probe |yaw| bin.
+
+    ``edges_deg`` are the ascending upper edges of all bins but the last (degrees, > 0);
+    ``thresholds`` has one more entry than ``edges_deg``, each a cosine in [-1, 1]. A probe with
+    |yaw| equal to an edge belongs to the bin above it.
+    """
+
+    edges_deg: tuple[float, ...]
+    thresholds: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "edges_deg", tuple(float(e) for e in self.edges_deg))
+        object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        _check(self.edges_deg, self.thresholds, "YawThresholds")
+
+    @classmethod
+    def uniform(cls, threshold: float, edges_deg: tuple[float, ...] = DEFAULT_YAW_EDGES) -> YawThresholds:
+        """The same threshold in every bin (before calibration, or for a pose-blind baseline)."""
+        return cls(tuple(edges_deg), (float(threshold),) * (len(edges_deg) + 1))
+
+    def bin_index(self, yaw_deg: float) -> int:
+        yaw = float(yaw_deg)
+        if not math.isfinite(yaw):
+            raise ValueError(f"YawThresholds: probe yaw must be a finite number of degrees, got {yaw_deg!r}")
+        return bisect.bisect_right(self.edges_deg, abs(yaw))
+
+    def threshold_for(self, yaw_deg: float) -> float:
+        return self.thresholds[self.bin_index(yaw_deg)]
+
+    def bin_labels(self) -> list[str]:
+        """Human labels of the bins, e.g. ["0-15", "15-30", "30-45", "45+"]."""
+        lows = (0.0,) + self.edges_deg
+        highs = self.edges_deg + (None,)
+        return [f"{lo:g}-{hi:g}" if hi is not None else f"{lo:g}+" for lo, hi in zip(lows, highs)]
+
+    def to_dict(self) -> dict:
+        return {"version": THRESHOLDS_VERSION, "edges_deg": list(self.edges_deg), "thresholds": list(self.thresholds)}
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "<thresholds>") -> YawThresholds:
+        if not isinstance(data, Mapping):
+            raise ThresholdsError(f"{source}: expected an object with edges_deg and thresholds, got {data!r}")
+        known = {"version", "edges_deg", "thresholds"}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ThresholdsError(f"{source}: unknown field '{unknown[0]}' (known: {', '.join(sorted(known))})")
+        if data.get("version") != THRESHOLDS_VERSION:
+            raise ThresholdsError(
+                f"{source}: field 'version': expected {THRESHOLDS_VERSION}, got {data.get('version')!r}"
+            )
+        for name in ("edges_deg", "thresholds"):
+            value = data.get(name)
+            if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
+                raise ThresholdsError(f"{source}: field '{name}': expected a list of numbers, got {value!r}")
+        _check(tuple(data["edges_deg"]), tuple(data["thresholds"]), source)
+        return cls(tuple(data["edges_deg"]), tuple(data["thresholds"]))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def _check(edges: tuple, thresholds: tuple, source: str) -> None:
+    if not all(_is_number(e) and e > 0 for e in edges) or list(edges) != sorted(set(edges)):
+        raise ThresholdsError(
+            f"{source}: field 'edges_deg': expected strictly ascending degrees > 0, got {list(edges)}"
+        )
+    if len(thresholds) != len(edges) + 1:
+        raise ThresholdsError(
+            f"{source}: field 'thresholds': expected {len(edges) + 1} values (one per bin), got {len(thresholds)}"
+        )
+    if not all(_is_number(t) and -1.0 <= t <= 1.0 for t in thresholds):
+        raise ThresholdsError(f"{source}: field 'thresholds': expected cosines in [-1, 1], got {list(thresholds)}")
+
+
+@dataclass(frozen=True)
+class MatchResult:
+    """``name`` is the accepted identity or None; ``score`` the best cosine (also when rejected,
+    None for an empty gallery); ``template_yaw`` the yaw of the best template (degrees);
+    ``candidate`` the best identity whether accepted or not; ``threshold`` the one applied."""
+
+    name: str | None
+    score: float | None
+    template_yaw: float | None
+    candidate: str | None = None
+    threshold: float | None = None
+
+
+def _unit_probe(probe: Any, dim: int) -> np.ndarray:
+    vec = np.asarray(probe, dtype=np.float32).reshape(-1)
+    if dim and vec.size != dim:
+        raise ValueError(f"match: probe embedding: expected {dim} values (the gallery's dim), got {vec.size}")
+    if not np.isfinite(vec).all():
+        raise ValueError("match: probe embedding contains NaN or infinity")
+    norm = float(np.linalg.norm(vec))
+    if not norm > 1e-12:
+        raise ValueError("match: probe embedding has zero length")
+    return vec / norm
+
+
+def identity_scores(probe: Any, gallery: GalleryArrays) -> list[tuple[str, float, float]]:
+    """(name, best cosine, yaw of that template) per identity, best first.
+
+    An identity's score is its best template's: templates cover different poses, and the one
+    closest to the probe's pose is the fair comparison. The gallery rows are unit vectors
+    (as :meth:`edge.gallery.Gallery.templates` returns them).
+    """
+    names, embeddings, yaws = gallery
+    if len(names) == 0:
+        return []
+    scores = embeddings @ _unit_probe(probe, embeddings.shape[1])
+    out, seen = [], set()
+    for k in np.argsort(-scores, kind="stable"):
+        if names[k] not in seen:
+            seen.add(names[k])
+            out.append((names[k], float(scores[k]), float(yaws[k])))
+    return out
+
+
+def match(probe: Any, probe_yaw: float, gallery: GalleryArrays, thresholds: YawThresholds) -> MatchResult:
+    """The best identity for ``probe`` (D,), accepted when its cosine reaches the threshold of
+    ``probe_yaw``'s bin (degrees)."""
+    threshold = thresholds.threshold_for(probe_yaw)
+    ranked = identity_scores(probe, gallery)
+    if not ranked:
+        return MatchResult(name=None, score=None, template_yaw=None, candidate=None, threshold=threshold)
+    name, score, template_yaw = ranked[0]
+    accepted = name if score >= threshold else None
+    return MatchResult(name=accepted, score=score, template_yaw=template_yaw, candidate=name, threshold=threshold)
