@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
-import fractions
 import ipaddress
 import json
 import math
@@ -164,9 +163,10 @@ class SourceConfig:
     )
 
     def framerate(self) -> str:
-        """``fps`` as the fraction GStreamer caps want: 15 -> '15/1', 29.97 -> '2997/100' (29.97003 -> '30000/1001')."""
-        frac = fractions.Fraction(self.fps).limit_denominator(1001)
-        return f"{frac.numerator}/{frac.denominator}"
+        """``fps`` as the fraction GStreamer caps want (the jetson_csi source's own conversion)."""
+        from edge.sources.jetson import gstreamer_framerate
+
+        return gstreamer_framerate(self.fps)
 
     def csi_pipeline(self) -> str:
         """The jetson_csi pipeline with its placeholders filled in."""
