@@ -47,10 +47,9 @@ def cmd_eval(args) -> int:
         faces = labelled_images(args.images)
         source = str(args.images)
     else:
-        from edge.datasets.w300 import list_300w, load_landmarks, split_300w
+        from training.landmarks.evalcli import split_faces
 
-        train, val = split_300w(list_300w(), val_fraction=0.2, seed=0)
-        faces = [(f.image_path, load_landmarks(f)) for f in (val if args.split == "val" else train)]
+        faces = split_faces(args.split)
         source = f"300-W {args.split} split (split_300w, val_fraction 0.2, seed 0)"
     landmarker = load_landmarker(args.model, args.threads)
     t0 = time.perf_counter()

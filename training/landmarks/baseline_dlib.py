@@ -44,12 +44,11 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from edge.datasets.w300 import Face300W, list_300w, load_landmarks, split_300w
 from edge.detect.base import box_iou
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import DetectorCropPolicy, landmark_crop_box
 from edge.metrics.landmarks import nme, summarise
-from training.landmarks.evalcli import labelled_images
+from training.landmarks.evalcli import labelled_images, split_faces
 
 N_POINTS = 68
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -298,13 +297,6 @@ def fit_box_map(
 
 
 # --- evaluation --------------------------------------------------------------------------------
-
-
-def split_faces(part: str, root: os.PathLike | str | None = None) -> list[tuple[Path, np.ndarray]]:
-    """(image path, 68 points) of the 300-W ``"train"`` or ``"val"`` split (split_300w defaults)."""
-    train, val = split_300w(list_300w(root))
-    chosen: list[Face300W] = {"train": train, "val": val}[part]
-    return [(face.image_path, load_landmarks(face)) for face in chosen]
 
 
 def evaluate(landmarker: DlibLandmarker, faces: Sequence[tuple[Path, np.ndarray]]) -> dict:

@@ -81,3 +81,11 @@ def plot_ced(curves: dict[str, np.ndarray], out: Path, threshold: float = 0.1) -
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
     plt.close(fig)
+
+
+def split_faces(part: str, root=None) -> list[tuple[Path, np.ndarray]]:
+    """(image path, 68 points) of our fixed 300-W ``"train"`` or ``"val"`` split (split_300w defaults)."""
+    from edge.datasets.w300 import list_300w, load_landmarks, split_300w
+
+    train, val = split_300w(list_300w(root))
+    return [(face.image_path, load_landmarks(face)) for face in {"train": train, "val": val}[part]]

@@ -28,7 +28,7 @@ from edge.landmarks.crop import landmark_crop_box
 from edge.landmarks.landmarker import Landmarker
 from edge.metrics.landmarks import nme
 from edge.runtime.runner import load_model
-from training.landmarks.evalcli import load_landmarker, plot_ced, score, yaw_of
+from training.landmarks.evalcli import load_landmarker, plot_ced, score, split_faces, yaw_of
 from training.landmarks.evaluate import predict_faces
 from training.landmarks.train import load_checkpoint
 
@@ -42,13 +42,6 @@ LATENCY_VARIANTS = (
 
 def stages(run: Path) -> list[Path]:
     return [p for p in [run / "supervised", *sorted(run.glob("stc_round*"))] if (p / "best.pt").exists()]
-
-
-def val_faces() -> list[tuple[Path, np.ndarray]]:
-    from edge.datasets.w300 import list_300w, load_landmarks, split_300w
-
-    _, val = split_300w(list_300w())
-    return [(f.image_path, load_landmarks(f)) for f in val]
 
 
 def errors_of(predictor, faces) -> np.ndarray:
@@ -107,7 +100,7 @@ def main(argv=None) -> int:
     from training.landmarks.export import export_onnx
     from training.landmarks.posecheck import pose_check
 
-    faces = val_faces()
+    faces = split_faces("val")
     yaws = np.array([yaw_of(p, g) for p, g in faces])
     report: dict = {"validation": "300-W split_300w(val_fraction=0.2, seed=0): 231 faces", "stages": {}}
     curves = {}
