@@ -44,7 +44,9 @@ def write_card(report: dict, run: Path, out: Path) -> None:
         f"- STC: {cfg['stc']} (unlabeled: LFW gray + CFP folds 1-8 frontal/profile, cropped by BlazeFace).",
         "- Recipe file: `training/landmarks/configs/light_cpu.toml`; the full GPU schedule: `light_gpu.toml`,"
         " `reference_gpu.toml`.",
-        f"- Shipped stage (lowest validation NME): **{report['chosen_stage']}**.",
+        f"- Shipped stage (lowest validation NME): **{report['chosen_stage']}**. Stages are compared at their own"
+        f" schedules: supervised {cfg['epochs']} epochs, each STC round {cfg['stc']['epochs']} epochs from a fresh"
+        " initialisation.",
         "",
         "## Accuracy on the 300-W validation split (NME inter-ocular, device decoder)",
         "",
