@@ -105,6 +105,7 @@ def write_card(report: dict, run: Path, out: Path) -> None:
         "",
         "Reproduce: `python -m training.landmarks train --config training/landmarks/configs/light_cpu.toml --out RUN`,",
         "then `python -m training.landmarks.report --run RUN --ship edge/models/landmarks/pipnet_light.onnx"
+        " [--variant mobilenetv2@128=RUN128/supervised/best.pt]"
         " --out DIR`.",
         "Score on your own data: `python -m training.landmarks eval --model edge/models/landmarks/pipnet_light.onnx"
         " --images DIR --json OUT`.",

@@ -94,12 +94,25 @@ def main(argv=None) -> int:
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--no-dlib", action="store_true")
     parser.add_argument("--posecheck-folds", default="9")
+    parser.add_argument(
+        "--variant",
+        action="append",
+        default=[],
+        metavar="ARCH@SIZE=CHECKPOINT",
+        help="another trained variant whose validation NME fills its row of the latency table, "
+        "e.g. mobilenetv2@128=RUN/supervised/best.pt",
+    )
     args = parser.parse_args(argv)
 
     from edge.datasets.cfp import parse_folds
     from training.landmarks.export import export_onnx
     from training.landmarks.posecheck import pose_check
 
+    variants = [spec.partition("=")[::2] for spec in args.variant]
+    for (label, path), spec in zip(variants, args.variant):
+        if not path or not Path(path).is_file():
+            print(f"error: --variant: expected ARCH@SIZE=CHECKPOINT of an existing file, got {spec!r}", file=sys.stderr)
+            return 2
     faces = split_faces("val")
     yaws = np.array([yaw_of(p, g) for p, g in faces])
     report: dict = {"validation": "300-W split_300w(val_fraction=0.2, seed=0): 231 faces", "stages": {}}
@@ -129,6 +142,9 @@ def main(argv=None) -> int:
             report[f"dlib_{mode}"] = score(e, yaws)
             curves[f"dlib ({mode})"] = e
     variant_nme = {f"{meta.extra['backbone']}@{meta.input_size[0]}": report["shipped"]["nme"]}
+    for label, path in variants:
+        variant_nme[label] = float(errors_of(load_landmarker(Path(path)), faces).mean())
+        report.setdefault("variants", {})[label] = {"checkpoint": path, "val_nme": variant_nme[label]}
     report["latency"] = latency_table(shipped, _params_m(chosen_model), variant_nme)
     args.out.mkdir(parents=True, exist_ok=True)
     curves[f"shipped ONNX ({chosen})"] = runner_errors
