@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from training.landmarks.posecheck import pose_check
 
     variants = [spec.partition("=")[::2] for spec in args.variant]
-    for (label, path), spec in zip(variants, args.variant):
+    for (_, path), spec in zip(variants, args.variant):
         if not path or not Path(path).is_file():
             print(f"error: --variant: expected ARCH@SIZE=CHECKPOINT of an existing file, got {spec!r}", file=sys.stderr)
             return 2
