@@ -141,7 +141,10 @@ def main(argv=None) -> int:
             e = errors_of(DlibLandmarker(**kw), faces)
             report[f"dlib_{mode}"] = score(e, yaws)
             curves[f"dlib ({mode})"] = e
-    variant_nme = {f"{meta.extra['backbone']}@{meta.input_size[0]}": report["shipped"]["nme"]}
+    variant_nme = {
+        "shipped": report["shipped"]["nme"],
+        f"{meta.extra['backbone']}@{meta.input_size[0]}": report["shipped"]["nme"],
+    }
     for label, path in variants:
         variant_nme[label] = float(errors_of(load_landmarker(Path(path)), faces).mean())
         report.setdefault("variants", {})[label] = {"checkpoint": path, "val_nme": variant_nme[label]}
