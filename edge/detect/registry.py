@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Callable, Mapping
 
 from edge.detect.base import FaceDetector
+from edge.registry import build_from_registry
 
 BLAZEFACE_KEYS = (
     "range",
@@ -64,13 +65,7 @@ DETECTORS: dict[str, Callable[[Mapping[str, Any]], FaceDetector]] = {
 
 def build_detector(config: Mapping[str, Any]) -> FaceDetector:
     """A detector from a config mapping whose ``type`` names an entry of :data:`DETECTORS`."""
-    if not isinstance(config, Mapping):
-        raise TypeError(f"detector config: expected a mapping with a 'type' key, got {config!r}")
-    kind = config.get("type")
-    if kind not in DETECTORS:
-        raise ValueError(f"detector config: unknown type {kind!r} (known types: {', '.join(sorted(DETECTORS))})")
-    options = {key: value for key, value in config.items() if key != "type"}
-    return DETECTORS[kind](options)
+    return build_from_registry(config, DETECTORS, "detector")
 
 
 def add_detector_arguments(parser) -> None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
+from edge.registry import build_from_registry
 from edge.sources.base import FrameSource
 from edge.sources.capture import http_ffmpeg_source, opencv_has, rtsp_source, v4l2_source
 from edge.sources.files import FolderSource, VideoSource
@@ -191,9 +192,4 @@ SOURCES: dict[str, Callable[[Mapping[str, Any]], FrameSource]] = {
 
 def build_source(config: Mapping[str, Any]) -> FrameSource:
     """A source from a config mapping whose ``type`` names an entry of :data:`SOURCES`. Not opened yet."""
-    if not isinstance(config, Mapping):
-        raise TypeError(f"source config: expected a mapping with a 'type' key, got {config!r}")
-    kind = config.get("type")
-    if kind not in SOURCES:
-        raise ValueError(f"source config: unknown type {kind!r} (known types: {', '.join(sorted(SOURCES))})")
-    return SOURCES[kind]({key: value for key, value in config.items() if key != "type"})
+    return build_from_registry(config, SOURCES, "source")
