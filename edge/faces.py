@@ -1,0 +1,109 @@
+"""One face box -> 68 landmarks -> head pose -> aligned 112x112 crop: the chain that the device,
+enrolment and identity training all run, so a face is prepared the same way everywhere.
+
+A face box comes from the detector (on the device, through the measured crop policy) or from
+annotations (training: a fiducial box, a dataset's fixed face crop). A rough box is refined:
+the landmarks found in the first crop give the landmark crop box that PIPNet was trained on
+(``landmark_crop_box``), and the landmarks are predicted again there. Refinement costs one more
+landmark pass and makes the result depend little on how the first box was drawn.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from edge.geometry.align import align_face, alignment_matrix, transform_points
+from edge.geometry.headpose import head_pose
+from edge.geometry.landmarks68 import five_points
+from edge.landmarks.crop import landmark_crop_box
+
+ALIGNED_SIZE = 112
+
+
+@dataclass(frozen=True, eq=False)
+class PreparedFace:
+    """``aligned`` (S, S[, 3]) uint8 in the input image's channels; ``landmarks`` (68, 2) image
+    pixels; ``aligned_landmarks`` (68, 2) the same points in aligned-crop pixels; yaw, pitch and
+    roll in degrees (sign convention of :mod:`edge.geometry.headpose`); ``crop_box`` the last
+    landmark crop box [x1, y1, x2, y2]."""
+
+    aligned: np.ndarray
+    landmarks: np.ndarray
+    aligned_landmarks: np.ndarray
+    yaw: float
+    pitch: float
+    roll: float
+    crop_box: np.ndarray
+
+
+def face_landmarks(image: np.ndarray, crop_boxes, landmarker, refine: int = 1) -> np.ndarray:
+    """(N, 68, 2) landmarks in image pixels for square crop boxes, re-cropped ``refine`` times
+    from the previous landmarks."""
+    boxes = [np.asarray(b, dtype=np.float64) for b in crop_boxes]
+    points = landmarker.predict(image, boxes)
+    for _ in range(refine):
+        if not len(points):
+            break
+        boxes = [landmark_crop_box(p) for p in points]
+        points = landmarker.predict(image, boxes)
+    return points
+
+
+def prepare_faces(
+    image: np.ndarray, crop_boxes, landmarker, size: int = ALIGNED_SIZE, refine: int = 1
+) -> list[PreparedFace | None]:
+    """A :class:`PreparedFace` per crop box of ``image`` (uint8 BGR or gray), all faces in one
+    landmark batch; None where the head pose cannot be fitted (degenerate landmarks)."""
+    height, width = image.shape[:2]
+    points = face_landmarks(image, crop_boxes, landmarker, refine)
+    out: list[PreparedFace | None] = []
+    for pts in points:
+        try:
+            pose = head_pose(pts, (width, height))
+            five = five_points(pts)
+            matrix = alignment_matrix(five, size)
+        except ValueError:
+            out.append(None)
+            continue
+        out.append(
+            PreparedFace(
+                aligned=align_face(image, five, size),
+                landmarks=pts,
+                aligned_landmarks=transform_points(pts, matrix),
+                yaw=pose.yaw,
+                pitch=pose.pitch,
+                roll=pose.roll,
+                crop_box=landmark_crop_box(pts),
+            )
+        )
+    return out
+
+
+def rough_crop_box(face_box, scale: float = 1.5) -> np.ndarray:
+    """A generous square crop around any face box (fiducial box, dataset crop): its centre,
+    ``scale`` x its larger side. Only a starting point: :func:`face_landmarks` refines it."""
+    x1, y1, x2, y2 = np.asarray(face_box, dtype=np.float64)
+    side = max(x2 - x1, y2 - y1) * scale
+    cx, cy = (x1 + x2) / 2.0, (y1 + y2) / 2.0
+    return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
+
+
+def embed_batch(runner, aligned_faces, batch_size: int = 32) -> np.ndarray:
+    """(N, D) float32 unit embeddings of aligned face crops: the identity model's first output,
+    L2-normalised (cosine similarity is then a dot product)."""
+    from edge.runtime.preprocess import preprocess
+
+    name = runner.meta.output_names[0]
+    out = []
+    for i in range(0, len(aligned_faces), batch_size):
+        raw = runner.run(preprocess(list(aligned_faces[i : i + batch_size]), runner.meta))[name]
+        out.append(np.asarray(raw, dtype=np.float64).reshape(len(raw), -1))
+    if not out:
+        return np.zeros((0, 0), dtype=np.float32)
+    vecs = np.concatenate(out)
+    norms = np.linalg.norm(vecs, axis=1, keepdims=True)
+    if not (np.isfinite(vecs).all() and (norms > 1e-12).all()):
+        raise ValueError(f"{runner.meta.name}: embedding output is zero or not finite")
+    return (vecs / norms).astype(np.float32)

@@ -1,0 +1,336 @@
+"""Identity training: margin heads, RegularFace, orthogonality, augmentation, export, and short
+real-data runs (ORL faces prepared by the device chain)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from training.config import ConfigError, from_dict  # noqa: E402
+from training.identity.config import IdentityAugmentConfig, IdentityTrainConfig  # noqa: E402
+from training.identity.data import augment_face, pose_target  # noqa: E402
+from training.identity.losses import (  # noqa: E402
+    ArcFace,
+    CosFace,
+    PoseAdaptiveArcFace,
+    SphereFace,
+    arc_margin,
+    build_head,
+    exclusive_regularizer,
+    orthogonality_loss,
+)
+from training.identity.model import IdentityNet, exported_parameters  # noqa: E402
+
+
+def _unit(n, d, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.nn.functional.normalize(torch.randn(n, d, generator=g), dim=1)
+
+
+# ------------------------------------------------------------------ margin heads
+
+
+def test_paa_equals_arcface_for_frontal_faces():
+    arc = ArcFace(16, 10, scale=32.0, margin=0.5)
+    paa = PoseAdaptiveArcFace(16, 10, scale=32.0, margin=0.5, margin_delta=0.2)
+    paa.weight.data.copy_(arc.weight.data)
+    emb, labels = torch.randn(8, 16), torch.arange(8) % 10
+    frontal = torch.zeros(8)
+    assert torch.allclose(arc(emb, labels), paa(emb, labels, frontal), atol=1e-6)
+
+
+def test_paa_margin_grows_with_yaw_and_saturates():
+    paa = PoseAdaptiveArcFace(4, 3, margin=0.5, margin_delta=0.2, ramp_full_deg=60.0)
+    yaws = torch.tensor([0.0, 15.0, 30.0, -45.0, 60.0, 90.0])
+    m = paa.margins(yaws)
+    assert torch.allclose(m, torch.tensor([0.5, 0.55, 0.6, 0.65, 0.7, 0.7]))
+    # a larger margin lowers the target logit, so the same sample costs more as a profile
+    emb = torch.randn(1, 4)
+    label = torch.tensor([1])
+    losses = [
+        torch.nn.functional.cross_entropy(paa(emb, label, torch.tensor([y])), label).item() for y in (0.0, 30.0, 75.0)
+    ]
+    assert losses[0] < losses[1] < losses[2]
+
+
+def test_paa_needs_yaw():
+    with pytest.raises(ValueError, match="yaw"):
+        PoseAdaptiveArcFace(4, 3)(torch.randn(2, 4), torch.tensor([0, 1]))
+
+
+def test_arc_margin_values_and_monotone_past_pi():
+    theta = torch.linspace(0.0, math.pi, 200)
+    out = arc_margin(torch.cos(theta), 0.5)
+    inside = theta + 0.5 < math.pi
+    assert torch.allclose(out[inside], torch.cos(theta[inside] + 0.5), atol=1e-5)
+    assert (out[1:] <= out[:-1] + 1e-6).all()  # keeps decreasing in theta
+
+
+def test_cosface_and_sphereface_targets():
+    theta = torch.linspace(0.01, math.pi - 0.01, 300)
+    cos = torch.cos(theta)
+    assert torch.allclose(CosFace(2, 2, margin=0.35).target_logit(cos, None), cos - 0.35)
+    sphere = SphereFace(2, 2, margin=1.35).target_logit(cos, None)
+    assert (sphere[1:] < sphere[:-1]).all()  # monotone in theta
+    small = theta < math.pi / 1.35
+    assert torch.allclose(sphere[small], torch.cos(1.35 * theta[small]), atol=1e-5)
+    assert (sphere <= cos + 1e-6).all()  # the margin only ever lowers the target
+
+
+def test_heads_leave_other_logits_alone():
+    for name in ("arcface", "cosface", "sphereface", "paa"):
+        head = build_head(name, 8, 5)
+        emb, labels = torch.randn(4, 8), torch.tensor([0, 1, 2, 3])
+        logits = head(emb, labels, torch.zeros(4))
+        plain = head.cosines(emb) * head.scale
+        mask = torch.ones_like(plain, dtype=torch.bool)
+        mask[torch.arange(4), labels] = False
+        assert torch.allclose(logits[mask], plain[mask], atol=1e-5), name
+        assert (logits[~mask] <= plain[~mask] + 1e-5).all(), name
+    with pytest.raises(ValueError, match="unknown margin head"):
+        build_head("softmax", 8, 5)
+
+
+# ------------------------------------------------------------------ RegularFace
+
+
+def test_exclusive_regularizer_matches_brute_force():
+    w = torch.randn(7, 5, dtype=torch.float64)
+    got = exclusive_regularizer(w).item()
+    wn = (w / w.norm(dim=1, keepdim=True)).numpy()
+    brute = np.mean([max(float(wn[i] @ wn[j]) for j in range(7) if j != i) for i in range(7)])
+    assert got == pytest.approx(brute, abs=1e-12)
+    # over a subset of classes, the nearest neighbour still ranges over all classes
+    sub = torch.tensor([1, 4])
+    brute_sub = np.mean([max(float(wn[i] @ wn[j]) for j in range(7) if j != i) for i in (1, 4)])
+    assert exclusive_regularizer(w, sub).item() == pytest.approx(brute_sub, abs=1e-12)
+
+
+def test_exclusive_regularizer_gradient_moves_nearest_classes_apart():
+    w = torch.tensor([[1.0, 0.0, 0.0], [0.9, 0.2, 0.0], [0.0, 0.0, 1.0], [-1.0, 0.1, 0.0]], requires_grad=True)
+    opt = torch.optim.SGD([w], lr=0.5)
+    far_before = torch.nn.functional.cosine_similarity(w[2], w[0], dim=0).item()
+    cos = [torch.nn.functional.cosine_similarity(w[0], w[1], dim=0).item()]
+    for _ in range(5):
+        opt.zero_grad()
+        exclusive_regularizer(w).backward()
+        opt.step()
+        cos.append(torch.nn.functional.cosine_similarity(w[0], w[1], dim=0).item())
+    assert all(b < a for a, b in zip(cos, cos[1:])) and cos[-1] < cos[0] - 0.1
+    # class 2 is nobody's nearest neighbour but its own pull: it moves only towards being apart
+    assert torch.nn.functional.cosine_similarity(w[2], w[0], dim=0).item() <= far_before + 1e-6
+
+
+# ------------------------------------------------------------------ PoseFace
+
+
+def test_orthogonality_loss_zero_for_orthogonal_projections_and_scale_free():
+    q, _ = torch.linalg.qr(torch.randn(32, 32))
+    w_id, w_pose = q[:, :12].t() * 3.0, q[:, 12:20].t() * 0.1
+    assert orthogonality_loss(w_id, w_pose).item() == pytest.approx(0.0, abs=1e-10)
+    a, b = torch.randn(6, 32), torch.randn(4, 32)
+    assert orthogonality_loss(a, b).item() > 0
+    assert orthogonality_loss(a * 0.01, b).item() == pytest.approx(orthogonality_loss(a, b).item(), rel=1e-5)
+
+
+def test_identity_net_shapes_and_size():
+    net = IdentityNet(width=1.0, embedding_dim=128, pose_dim=139).eval()
+    x = torch.randn(2, 3, 112, 112)
+    emb, pose = net.forward_train(x)
+    assert emb.shape == (2, 128) and pose.shape == (2, 139)
+    assert torch.allclose(net(x), emb)
+    # MobileFaceNet-sized: about 1M parameters in the exported graph
+    assert 0.8e6 < exported_parameters(net) < 1.3e6
+    assert not any(isinstance(m, torch.nn.PReLU) for m in net.modules())
+
+
+def test_config_refuses_fold_9_and_overlaps():
+    with pytest.raises(ValueError, match="fold 9"):
+        IdentityTrainConfig(train_cfp_folds=(1, 9))
+    with pytest.raises(ValueError, match="overlap"):
+        IdentityTrainConfig(train_cfp_folds=(1, 8), val_cfp_folds=(8,))
+    with pytest.raises(ValueError, match="pose branch"):
+        IdentityTrainConfig(orthogonality_weight=0.1)
+    with pytest.raises(ConfigError):
+        from_dict(IdentityTrainConfig, {"hed": "paa"})
+    assert IdentityTrainConfig(pose_weight=1.0).pose_dim == 139
+
+
+# ------------------------------------------------------------------ augmentation
+
+
+def test_flip_mirrors_pose_and_landmarks():
+    from edge.geometry.align import template_for_size
+
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 255, (112, 112, 3), dtype=np.uint8)
+    pts = np.tile(template_for_size(112)[:1], (68, 1)).astype(np.float32)
+    pts[36] = (38.0, 51.0)  # left eye corner
+    pts[45] = (74.0, 51.0)
+    aug = IdentityAugmentConfig(
+        flip=1.0,
+        max_shift_px=0,
+        max_rotate_deg=0,
+        max_log_scale=0,
+        gray=0,
+        low_res=0,
+        blur=0,
+        brightness=0,
+        contrast=0,
+        erase=0,
+    )
+    out, pose, p2 = augment_face(image, np.array([40.0, 5.0, 10.0]), pts, aug, rng)
+    assert np.array_equal(out, image[:, ::-1])
+    assert pose.tolist() == [-40.0, 5.0, -10.0]
+    assert p2[45].tolist() == pytest.approx([111 - 38.0, 51.0])  # point 36 became 45
+    assert p2[36].tolist() == pytest.approx([111 - 74.0, 51.0])
+
+
+def test_rotation_moves_landmarks_with_the_image():
+    image = np.zeros((112, 112, 3), np.uint8)
+    image[30, 80] = 255
+    pts = np.zeros((68, 2), np.float32)
+    pts[0] = (80, 30)
+    aug = IdentityAugmentConfig(
+        flip=0,
+        max_shift_px=0,
+        max_rotate_deg=20,
+        max_log_scale=0,
+        gray=0,
+        low_res=0,
+        blur=0,
+        brightness=0,
+        contrast=0,
+        erase=0,
+    )
+    out, _, p2 = augment_face(image, np.zeros(3), pts, aug, np.random.default_rng(3))
+    y, x = np.unravel_index(np.argmax(out[:, :, 0]), out.shape[:2])
+    assert abs(x - p2[0, 0]) <= 1.0 and abs(y - p2[0, 1]) <= 1.0
+
+
+def test_pose_target_layout():
+    t = pose_target(np.array([90.0, -45.0, 0.0]), np.full((68, 2), 56.0), "angles+landmarks")
+    assert t.shape == (139,)
+    assert t[:3].tolist() == [1.0, -0.5, 0.0] and not t[3:].any()
+
+
+# ------------------------------------------------------------------ export
+
+
+def test_export_matches_torch(tmp_path):
+    from edge.runtime.runner import load_model
+    from training.config import to_dict
+    from training.identity.data import identity_meta
+    from training.identity.export import export_onnx
+
+    cfg = IdentityTrainConfig(width=0.25, pose_weight=1.0, orthogonality_weight=0.1)
+    net = IdentityNet(width=0.25, pose_dim=cfg.pose_dim)
+    for m in net.modules():  # non-trivial BN statistics, so the export check means something
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.BatchNorm1d)):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+    ckpt = tmp_path / "net.pt"
+    torch.save({"model": net.state_dict(), "config": to_dict(cfg), "meta": identity_meta(cfg).to_dict()}, ckpt)
+    out = export_onnx(ckpt, tmp_path / "id.onnx", accuracy={"x": 1.0})
+    runner = load_model(out)
+    assert runner.meta.output_names == ("embedding",) and runner.meta.accuracy == {"x": 1.0}
+    x = np.random.default_rng(1).normal(0, 1, (2, 3, 112, 112)).astype(np.float32)
+    with torch.no_grad():
+        want = net.eval()(torch.from_numpy(x)).numpy()
+    assert np.abs(runner.run(x)["embedding"] - want).max() <= 1e-4
+    # the pose branch is training-only: not in the graph
+    import onnx
+
+    names = {init.name for init in onnx.load(str(out)).graph.initializer}
+    assert not any("pose" in n for n in names)
+
+
+# ------------------------------------------------------------------ real data
+
+
+@pytest.fixture(scope="module")
+def orl_cache(real_data, tmp_path_factory):
+    """40 real ORL photos prepared by the device chain (shipped PIPNet, alignment, head pose)."""
+    from edge.enroll import LANDMARK_MODEL
+    from training.identity.prepare import prepare_source
+    from training.landmarks.evalcli import load_landmarker
+
+    out = tmp_path_factory.mktemp("idcache")
+    summary = prepare_source("orl", real_data, load_landmarker(LANDMARK_MODEL), out, progress=False, limit=40)
+    return out, summary
+
+
+def test_prepare_real_orl_faces(orl_cache):
+    out, summary = orl_cache
+    assert summary["faces"] >= 38 and summary["people"] == 4
+    with np.load(out / "orl.npz") as z:
+        assert z["images"].shape[1:] == (112, 112, 3) and z["images"].dtype == np.uint8
+        # near-frontal ORL faces: small yaw from our landmarks, eyes where the template puts them
+        assert np.median(np.abs(z["pose"][:, 0])) < 20
+        eyes = z["landmarks"][:, [36, 45]].mean(axis=0)
+        assert 25 < eyes[0, 0] < 45 and 65 < eyes[1, 0] < 85 and 40 < eyes[:, 1].mean() < 62
+
+
+def test_training_lowers_the_loss_on_real_faces(orl_cache):
+    from training.identity.data import IdentityDataset, identity_meta, select_training
+    from training.identity.prepare import load_cache
+    from training.identity.train import build_net, loss_terms
+
+    out, _ = orl_cache
+    cfg = IdentityTrainConfig(
+        cache=str(out),
+        train_cfp_folds=(),
+        val_cfp_folds=(),
+        use_lfw=False,
+        width=0.25,
+        head="paa",
+        pose_weight=1.0,
+        orthogonality_weight=0.1,
+        regularface_weight=1.0,
+        batch_size=32,
+    )
+    torch.manual_seed(0)
+    data = select_training(load_cache(out, ("orl",)), cfg)
+    ds = IdentityDataset(data, cfg, identity_meta(cfg))
+    batch = ds.collate([ds[i] for i in range(32)])
+    net = build_net(cfg)
+    head = build_head(cfg.head, cfg.embedding_dim, len(data.classes))
+    opt = torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=0.05, momentum=0.9)
+    losses = []
+    for _ in range(12):
+        terms = loss_terms(cfg, net, head, batch)
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+        losses.append(terms["total"].item())
+    assert losses[-1] < 0.8 * losses[0]
+    assert {"ce", "regular", "pose", "orth"} <= set(terms)
+
+
+def test_train_run_folder_and_resume(orl_cache, tmp_path):
+    from training.identity.train import train
+
+    out, _ = orl_cache
+    cfg = IdentityTrainConfig(
+        cache=str(out),
+        train_cfp_folds=(),
+        val_cfp_folds=(),
+        use_lfw=False,
+        width=0.25,
+        epochs=1,
+        batch_size=16,
+        threads=1,
+    )
+    run = tmp_path / "run"
+    train(cfg, run)
+    for name in ("config.json", "classes.json", "meta.json", "last.pt", "best.pt", "metrics.jsonl", "curves.png"):
+        assert (run / name).exists(), name
+    train(dataclasses.replace(cfg, epochs=2), run)  # resumes at epoch 2
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]

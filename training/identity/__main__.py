@@ -1,0 +1,150 @@
+"""python -m training.identity {prepare,train,eval,export} ..."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def cmd_prepare(args) -> int:
+    from training.identity.prepare import prepare_cache
+
+    prepare_cache(Path(args.out), args.data_root, args.landmark_model, tuple(args.sources))
+    return 0
+
+
+def cmd_train(args) -> int:
+    from training.config import load_toml
+    from training.identity.config import IdentityTrainConfig
+    from training.identity.train import train
+
+    cfg = load_toml(IdentityTrainConfig, args.config) if args.config else IdentityTrainConfig()
+    if args.cache:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, cache=args.cache)
+    best = train(cfg, Path(args.out), args.data_root)
+    print(f"best validation score {best['score']:.4f} at epoch {best.get('epoch')}")
+    return 0
+
+
+def _write(report: dict, out) -> None:
+    import json
+
+    text = json.dumps(report, indent=1)
+    print(text)
+    if out:
+        out = Path(out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_suffix(out.suffix + ".tmp")
+        tmp.write_text(text + "\n")
+        tmp.replace(out)
+
+
+def cmd_eval(args) -> int:
+    import time
+
+    from edge.datasets.cfp import cfp_root, parse_folds
+    from training.identity import evaluate as ev
+    from training.landmarks.evalcli import load_landmarker
+
+    root = cfp_root(args.cfp_root)
+    calib = parse_folds(args.calib_folds)
+    if args.test_fold in calib:
+        raise ValueError(
+            f"--test-fold {args.test_fold} is also in --calib-folds {args.calib_folds}: "
+            "thresholds must come from other folds"
+        )
+    ev.check_folds(root, [args.test_fold, *calib])
+    landmarker = load_landmarker(Path(args.landmark_model) if args.landmark_model else ev.default_landmark_model())
+    t0 = time.time()
+    if args.model == "dlib":
+        from training.identity.baseline_dlib import DlibFaceRecognizer
+
+        table = ev.photo_table(root, [args.test_fold, *calib], landmarker, args.boxes, DlibFaceRecognizer())
+        name = "dlib_face_recognition_resnet_model_v1"
+    else:
+        runner = ev.load_embedder(Path(args.model), threads=args.threads)
+        table = ev.photo_table(root, [args.test_fold, *calib], landmarker, args.boxes, ev.RunnerEmbedder(runner))
+        name = str(args.model)
+    report = ev.verification_report(root, table, args.test_fold, calib, with_roc=bool(args.roc))
+    rocs = report.pop("_roc", None)
+    report = {
+        "model": name,
+        "cfp_root": str(root),
+        "boxes": args.boxes,
+        **report,
+        "seconds": round(time.time() - t0, 1),
+    }
+    if rocs:
+        ev.plot_roc(rocs, Path(args.roc), f"{Path(name).name}, CFP fold {args.test_fold} ({args.boxes} boxes)")
+    _write(report, args.json)
+    return 0
+
+
+def cmd_export(args) -> int:
+    import json
+
+    from training.identity.export import export_onnx
+
+    accuracy = json.loads(Path(args.accuracy_json).read_text()) if args.accuracy_json else None
+    out = export_onnx(Path(args.checkpoint), Path(args.out), accuracy=accuracy, name=args.name)
+    print(f"wrote {out} and {out.with_suffix('.json')}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training.identity", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("prepare", help="align every CFP/LFW/ORL face with the device chain into a cache")
+    p.add_argument("--out", required=True, help="cache folder (one .npz per source)")
+    p.add_argument("--data-root", default=None, help="data folder (default: $POSEFACE_DATA or ../shared/data)")
+    p.add_argument("--landmark-model", default=None, help="PIPNet model (default: the shipped one)")
+    p.add_argument("--sources", nargs="+", default=["cfp", "lfw", "orl"], choices=["cfp", "lfw", "orl"])
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train an identity model (resumes from OUT/last.pt)")
+    p.add_argument("--config", default=None, help="recipe TOML (training/identity/configs/)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--cache", default=None, help="aligned-face cache (overrides the recipe's 'cache')")
+    p.add_argument("--data-root", default=None, help="data folder (default: $POSEFACE_DATA or ../shared/data)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("eval", help="CFP FF/FP verification of a model on any CFP-layout folder")
+    p.add_argument("--model", required=True, help="checkpoint (.pt), exported .onnx/.tflite, or 'dlib' (the baseline)")
+    p.add_argument("--cfp-root", default=None, help="folder in the CFP layout (default: <data root>/cfp)")
+    p.add_argument("--test-fold", type=int, required=True, help="protocol fold to report on")
+    p.add_argument("--calib-folds", required=True, help="folds that choose the threshold, e.g. '8' or '1-8'")
+    p.add_argument(
+        "--boxes",
+        choices=["fiducials", "detector"],
+        default="detector",
+        help="first face box: the photo's fiducials (oracle) or BlazeFace (the device)",
+    )
+    p.add_argument("--landmark-model", default=None, help="PIPNet model (default: the shipped one)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the report here too")
+    p.add_argument("--roc", default=None, help="write the dense-pair ROC plot (PNG) here")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="export a checkpoint's identity path to ONNX (opset 17) with metadata")
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--out", required=True, help=".onnx file; metadata is written beside it (.json)")
+    p.add_argument("--accuracy-json", default=None, help="a JSON object of measured numbers to record in the metadata")
+    p.add_argument("--name", default=None)
+    p.set_defaults(func=cmd_export)
+    return parser
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (FileNotFoundError, ValueError) as err:
+        print(f"training.identity: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,71 @@
+"""The identity training recipe: every number a run depends on, in one typed record."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class IdentityAugmentConfig:
+    """Per-sample augmentation of the aligned 112x112 face (all probabilities per sample)."""
+
+    flip: float = 0.5  # mirror (yaw, roll and landmarks mirrored with it)
+    max_shift_px: float = 6.0  # alignment jitter: landmarks on a camera frame are noisier than on a photo
+    max_rotate_deg: float = 8.0
+    max_log_scale: float = 0.08
+    gray: float = 0.2  # LFW and ORL are gray; the camera may be too (night, IR)
+    low_res: float = 0.2  # down- and up-sample: faces far from the camera
+    blur: float = 0.1
+    brightness: float = 0.25  # +- fraction of the mean level
+    contrast: float = 0.25
+    erase: float = 0.1  # one random rectangle of noise: hands, glasses, scarves
+
+
+@dataclass(frozen=True)
+class IdentityTrainConfig:
+    # data: which identities train (CFP folds by number; fold 9 is never trained on)
+    cache: str = "runs/idcache"
+    train_cfp_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
+    use_lfw: bool = True
+    use_orl: bool = True
+    val_cfp_folds: tuple[int, ...] = (8,)  # verification on these folds after every epoch (model choice)
+    # network
+    trunk: str = "mobilefacenet"
+    width: float = 1.0
+    depth: float = 1.0
+    embedding_dim: int = 128
+    # loss
+    head: str = "arcface"  # arcface | cosface | sphereface | paa
+    head_options: dict = field(default_factory=dict)
+    regularface_weight: float = 0.0  # lambda of the exclusive regularizer (0 = off)
+    regularface_batch_only: bool = False
+    pose_weight: float = 0.0  # PoseFace pose branch (0 = no branch)
+    pose_target: str = "angles+landmarks"  # angles | landmarks | angles+landmarks
+    orthogonality_weight: float = 0.0
+    # optimisation
+    batch_size: int = 128
+    epochs: int = 20
+    lr: float = 0.1
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    warmup_epochs: float = 1.0
+    seed: int = 0
+    threads: int = 2
+    profile_oversample: float = 1.0  # sampling weight of CFP profile photos relative to the rest
+    augment: IdentityAugmentConfig = field(default_factory=IdentityAugmentConfig)
+
+    def __post_init__(self) -> None:
+        if 9 in self.train_cfp_folds:
+            raise ValueError("train_cfp_folds: CFP fold 9 is the held-out test fold and is never trained on")
+        if set(self.train_cfp_folds) & set(self.val_cfp_folds):
+            raise ValueError("val_cfp_folds must not overlap train_cfp_folds")
+        if self.pose_target not in ("angles", "landmarks", "angles+landmarks"):
+            raise ValueError(f"pose_target: expected angles, landmarks or angles+landmarks, got {self.pose_target!r}")
+        if self.orthogonality_weight and not self.pose_weight:
+            raise ValueError("orthogonality_weight needs the pose branch (pose_weight > 0)")
+
+    @property
+    def pose_dim(self) -> int:
+        if not self.pose_weight:
+            return 0
+        return {"angles": 3, "landmarks": 136, "angles+landmarks": 139}[self.pose_target]

@@ -1,0 +1,154 @@
+"""Training samples from the aligned-face cache: selection by source and CFP fold, class labels,
+the pose signal, and augmentation that keeps pose labels true (a flip mirrors yaw, roll and
+the landmarks)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+import torch
+
+from edge.geometry.landmarks68 import mirror_landmarks
+from edge.runtime.meta import ModelMeta, Normalisation
+from edge.runtime.preprocess import preprocess
+from training.identity.config import IdentityAugmentConfig, IdentityTrainConfig
+
+SIZE = 112
+# The common face-recognition input convention: RGB, (pixel - 127.5) / 128.
+FACE_NORMALISATION = Normalisation(mean=(127.5, 127.5, 127.5), std=(128.0, 128.0, 128.0))
+
+
+def identity_meta(cfg: IdentityTrainConfig, name: str = "poseface") -> ModelMeta:
+    return ModelMeta(
+        name=name,
+        version="0.1.0",
+        task="identity",
+        format="onnx",
+        precision="fp32",
+        input_size=(SIZE, SIZE),
+        input_layout="NCHW",
+        color_order="RGB",
+        normalisation=FACE_NORMALISATION,
+        input_name="image",
+        output_names=("embedding",),
+        extra={
+            "architecture": "poseface",
+            "trunk": cfg.trunk,
+            "width": cfg.width,
+            "depth": cfg.depth,
+            "embedding_dim": cfg.embedding_dim,
+            "alignment": "arcface 5-point similarity, 112x112 (edge.geometry.align)",
+            "embedding": "L2-normalise the output; compare by cosine",
+        },
+    )
+
+
+@dataclass
+class TrainingSet:
+    images: np.ndarray  # (N, 112, 112, 3) uint8 BGR
+    labels: np.ndarray  # (N,) int64 class index
+    pose: np.ndarray  # (N, 3) yaw, pitch, roll degrees
+    landmarks: np.ndarray  # (N, 68, 2) aligned pixels
+    profile: np.ndarray  # (N,) bool
+    classes: list[str]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def select_training(cache: dict[str, np.ndarray], cfg: IdentityTrainConfig) -> TrainingSet:
+    src, fold = cache["source"], cache["fold"]
+    keep = (src == "cfp") & np.isin(fold, cfg.train_cfp_folds)
+    if cfg.use_lfw:
+        keep |= src == "lfw"
+    if cfg.use_orl:
+        keep |= src == "orl"
+    idx = np.flatnonzero(keep)
+    classes = sorted(set(cache["person"][idx].tolist()))
+    lookup = {c: i for i, c in enumerate(classes)}
+    labels = np.array([lookup[p] for p in cache["person"][idx]], dtype=np.int64)
+    return TrainingSet(
+        cache["images"][idx], labels, cache["pose"][idx], cache["landmarks"][idx], cache["profile"][idx], classes
+    )
+
+
+def pose_target(pose: np.ndarray, landmarks: np.ndarray, kind: str) -> np.ndarray:
+    """The PoseFace pose signal: angles / 90 degrees and/or aligned landmarks scaled to [-1, 1]."""
+    parts = []
+    if "angles" in kind:
+        parts.append(np.asarray(pose, dtype=np.float32) / 90.0)
+    if "landmarks" in kind:
+        parts.append(((np.asarray(landmarks, dtype=np.float32) - SIZE / 2) / (SIZE / 2)).reshape(-1))
+    return np.concatenate(parts)
+
+
+def augment_face(image: np.ndarray, pose: np.ndarray, landmarks: np.ndarray, aug: IdentityAugmentConfig, rng):
+    """(image, pose, landmarks) after one random draw of ``aug``; inputs are not modified."""
+    pose = np.array(pose, dtype=np.float32)
+    pts = np.array(landmarks, dtype=np.float32)
+    if rng.random() < aug.flip:
+        image = image[:, ::-1]
+        pose[0], pose[2] = -pose[0], -pose[2]
+        pts = mirror_landmarks(pts, SIZE)
+    angle = rng.uniform(-aug.max_rotate_deg, aug.max_rotate_deg)
+    scale = float(np.exp(rng.uniform(-aug.max_log_scale, aug.max_log_scale)))
+    m = cv2.getRotationMatrix2D(((SIZE - 1) / 2, (SIZE - 1) / 2), angle, scale)
+    m[:, 2] += rng.uniform(-aug.max_shift_px, aug.max_shift_px, 2)
+    image = cv2.warpAffine(
+        np.ascontiguousarray(image), m, (SIZE, SIZE), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT
+    )
+    pts = pts @ m[:, :2].T.astype(np.float32) + m[:, 2].astype(np.float32)
+    pose[2] -= angle  # cv2 turns the image counter-clockwise for a positive angle; roll > 0 is clockwise
+    if rng.random() < aug.gray:
+        image = cv2.cvtColor(cv2.cvtColor(image, cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR)
+    if rng.random() < aug.low_res:
+        side = int(rng.integers(24, 64))
+        image = cv2.resize(cv2.resize(image, (side, side), interpolation=cv2.INTER_AREA), (SIZE, SIZE))
+    if rng.random() < aug.blur:
+        image = cv2.GaussianBlur(image, (5, 5), rng.uniform(0.5, 1.5))
+    img = image.astype(np.float32)
+    if aug.contrast or aug.brightness:
+        c = 1.0 + rng.uniform(-aug.contrast, aug.contrast)
+        b = rng.uniform(-aug.brightness, aug.brightness) * float(img.mean())
+        img = (img - img.mean()) * c + img.mean() + b
+    if rng.random() < aug.erase:
+        h, w = (int(v) for v in rng.integers(16, 48, 2))
+        y, x = int(rng.integers(0, SIZE - h)), int(rng.integers(0, SIZE - w))
+        img[y : y + h, x : x + w] = rng.uniform(0, 255, (h, w, 3))
+    return np.clip(img, 0, 255).astype(np.uint8), pose, pts
+
+
+class IdentityDataset(torch.utils.data.Dataset):
+    def __init__(self, data: TrainingSet, cfg: IdentityTrainConfig, meta: ModelMeta, seed: int = 0):
+        self.data, self.cfg, self.meta = data, cfg, meta
+        self.seed, self.epoch = seed, 0
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def __getitem__(self, i: int):
+        rng = np.random.default_rng((self.seed, self.epoch, i))
+        image, pose, pts = augment_face(
+            self.data.images[i], self.data.pose[i], self.data.landmarks[i], self.cfg.augment, rng
+        )
+        return image, int(self.data.labels[i]), pose, pts
+
+    def collate(self, items):
+        images, labels, pose, pts = zip(*items)
+        out = {
+            "image": torch.from_numpy(preprocess(list(images), self.meta)),
+            "label": torch.tensor(labels, dtype=torch.int64),
+            "yaw": torch.tensor(np.array([p[0] for p in pose]), dtype=torch.float32),
+        }
+        if self.cfg.pose_dim:
+            target = np.stack([pose_target(p, q, self.cfg.pose_target) for p, q in zip(pose, pts)])
+            out["pose"] = torch.from_numpy(target)
+        return out
+
+
+def sample_weights(data: TrainingSet, profile_oversample: float) -> np.ndarray:
+    w = np.ones(len(data), dtype=np.float64)
+    w[data.profile] = profile_oversample
+    return w

@@ -1,0 +1,316 @@
+"""CFP verification of an identity model, with the device's own chain and metric code.
+
+Two views of the same test fold:
+- **protocol pairs** (the official split: 350 same + 350 different pairs per fold): accuracy at
+  the threshold chosen on the calibration folds only, and accuracy per yaw bin of the probe
+  (the pair's second photo: the profile photo in FP);
+- **dense pairs** (every photo of the fold against every other: FF frontal x frontal, FP
+  frontal x profile; ~2k genuine and ~100k impostor pairs), because 350 impostor pairs cannot
+  resolve a false-accept rate of 1e-3: TAR at FAR 1e-2 / 1e-3, EER, ROC-AUC, ROC plot.
+A photo where no face is found scores -1 against everything (a reject), and is counted.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from edge.datasets.cfp import CFP_FOLD_SIZE, cfp_photos, fiducial_box, fold_identities, fold_pairs, read_fiducials
+from edge.faces import embed_batch, prepare_faces, rough_crop_box
+from edge.imageio import read_image_bgr
+from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
+from edge.runtime.meta import ModelMeta
+from edge.runtime.runner import ModelRunner
+
+YAW_BINS = (0.0, 30.0, 60.0, 90.0)
+MISSING_SCORE = -1.0
+PROTOCOLS = ("FF", "FP")
+
+
+def photo_key(path) -> str:
+    """``<id>/<view>/<nn>.jpg``: the same key for a protocol path and a cache path."""
+    return "/".join(Path(path).parts[-3:])
+
+
+class TorchEmbedRunner(ModelRunner):
+    """A torch identity net behind the edge runner interface (output ``embedding``)."""
+
+    def __init__(self, model: torch.nn.Module, meta: ModelMeta):
+        super().__init__(Path(f"<torch {meta.name}>"), meta)
+        self.model = model
+
+    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
+        was_training = self.model.training
+        self.model.eval()
+        with torch.no_grad():
+            out = self.model(torch.from_numpy(batch))
+        self.model.train(was_training)
+        return [out.float().numpy()]
+
+
+class FaceTable:
+    """Per photo key: unit embedding (or None: no face) and |yaw| in degrees."""
+
+    def __init__(self, keys: Sequence[str], embeddings: np.ndarray, yaws: Sequence[float], missing: Sequence[str] = ()):
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.embeddings = np.asarray(embeddings, dtype=np.float32)
+        self.abs_yaw = np.abs(np.asarray(yaws, dtype=np.float64))
+        self.missing = set(missing)
+
+    def score(self, a: str, b: str) -> float:
+        if a not in self.index or b not in self.index:
+            return MISSING_SCORE
+        return float(self.embeddings[self.index[a]] @ self.embeddings[self.index[b]])
+
+    def yaw(self, key: str) -> float:
+        return float(self.abs_yaw[self.index[key]]) if key in self.index else float("nan")
+
+
+def protocol_scores(root, protocol: str, folds: Sequence[int], table: FaceTable):
+    scores, labels, probe_yaw = [], [], []
+    for fold in folds:
+        for a, b, same in fold_pairs(root, protocol, fold):
+            ka, kb = photo_key(a), photo_key(b)
+            scores.append(table.score(ka, kb))
+            labels.append(same)
+            probe_yaw.append(table.yaw(kb))
+    return np.array(scores), np.array(labels, dtype=bool), np.array(probe_yaw)
+
+
+def yaw_bin_name(lo: float, hi: float) -> str:
+    return f"{lo:g}-{hi:g}"
+
+
+def per_yaw_accuracy(scores, labels, probe_yaw, threshold: float) -> dict:
+    out = {}
+    for lo, hi in zip(YAW_BINS[:-1], YAW_BINS[1:]):
+        sel = (probe_yaw >= lo) & ((probe_yaw < hi) | (hi == YAW_BINS[-1]) & (probe_yaw <= 180))
+        out[yaw_bin_name(lo, hi)] = {
+            "pairs": int(sel.sum()),
+            "genuine": int(labels[sel].sum()),
+            "accuracy": accuracy_at(scores[sel], labels[sel], threshold) if sel.any() else None,
+        }
+    out["no_face"] = {"pairs": int(np.isnan(probe_yaw).sum())}
+    return out
+
+
+def dense_scores(table: FaceTable, fold: int, protocol: str, root) -> tuple[np.ndarray, np.ndarray]:
+    """Every frontal photo of the fold against every other frontal (FF) or every profile (FP)."""
+    ids = fold_identities(fold)
+    frontal = [(p.identity, photo_key(p.image_path)) for p in cfp_photos(root, identities=ids, views=("frontal",))]
+    other = (
+        frontal
+        if protocol == "FF"
+        else [(p.identity, photo_key(p.image_path)) for p in cfp_photos(root, identities=ids, views=("profile",))]
+    )
+
+    def matrix(items):
+        emb = np.zeros((len(items), table.embeddings.shape[1]), dtype=np.float32)
+        ok = np.zeros(len(items), dtype=bool)
+        for i, (_, k) in enumerate(items):
+            if k in table.index:
+                emb[i], ok[i] = table.embeddings[table.index[k]], True
+        return emb, ok, np.array([who for who, _ in items])
+
+    ea, oka, ida = matrix(frontal)
+    eb, okb, idb = matrix(other)
+    s = ea @ eb.T
+    s[~oka, :] = MISSING_SCORE
+    s[:, ~okb] = MISSING_SCORE
+    same = ida[:, None] == idb[None, :]
+    if protocol == "FF":
+        upper = np.triu(np.ones_like(same), k=1)
+        return s[upper], same[upper]
+    return s.ravel(), same.ravel()
+
+
+def dense_metrics(scores, labels) -> dict:
+    out = {
+        "genuine": int(labels.sum()),
+        "impostor": int((~labels).sum()),
+        "eer": eer(scores, labels),
+        "roc_auc": roc_auc(scores, labels),
+    }
+    for far in (1e-2, 1e-3):
+        tar, thr = tar_at_far(scores, labels, far)
+        out[f"tar@far={far:g}"] = tar
+        out[f"threshold@far={far:g}"] = thr
+    return out
+
+
+def verification_report(
+    root, table: FaceTable, test_fold: int, calib_folds: Sequence[int], with_roc: bool = False
+) -> dict:
+    report: dict = {"test_fold": test_fold, "calib_folds": list(calib_folds), "photos_without_face": len(table.missing)}
+    rocs = {}
+    for protocol in PROTOCOLS:
+        cs, cl, _ = protocol_scores(root, protocol, calib_folds, table)
+        threshold, calib_acc = best_threshold(cs, cl)
+        ts, tl, ty = protocol_scores(root, protocol, [test_fold], table)
+        ds, dl = dense_scores(table, test_fold, protocol, root)
+        report[protocol] = {
+            "accuracy": accuracy_at(ts, tl, threshold),
+            "threshold": threshold,
+            "calib_accuracy": calib_acc,
+            "protocol_eer": eer(ts, tl),
+            "per_probe_yaw": per_yaw_accuracy(ts, tl, ty, threshold),
+            "dense": dense_metrics(ds, dl),
+        }
+        if with_roc:
+            rocs[protocol] = roc_curve(ds, dl)[:2]
+    if with_roc:
+        report["_roc"] = rocs
+    return report
+
+
+def plot_roc(rocs: dict, out: Path, title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for name, (far, tar) in rocs.items():
+        ax.plot(np.maximum(far, 1e-5), tar, label=name)
+    ax.set_xscale("log")
+    ax.set_xlim(1e-4, 1)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("false accept rate (dense pairs)")
+    ax.set_ylabel("true accept rate")
+    ax.grid(alpha=0.3)
+    ax.set_title(title, fontsize=9)
+    ax.legend()
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=120)
+    plt.close(fig)
+
+
+# ---------------------------------------------------------------- faces of a CFP root, prepared
+
+
+def fold_photos(root, folds: Sequence[int]):
+    ids = [i for f in folds for i in fold_identities(f)]
+    return cfp_photos(root, identities=ids)
+
+
+class RunnerEmbedder:
+    """Our identity model (any edge runner) on the aligned crops of :func:`edge.faces.prepare_faces`."""
+
+    needs_image = False
+
+    def __init__(self, runner):
+        self.runner = runner
+
+    def embed(self, image, faces) -> np.ndarray:
+        return embed_batch(self.runner, [f.aligned for f in faces], batch_size=64)
+
+
+def default_landmark_model() -> Path:
+    from edge.enroll import LANDMARK_MODEL
+
+    return LANDMARK_MODEL
+
+
+@dataclass(frozen=True)
+class PreparedPhoto:
+    key: str
+    path: Path
+    face: object  # edge.faces.PreparedFace, or None when no face was found
+
+
+def prepare_photos(root, folds: Sequence[int], landmarker, boxes: str, progress: bool = True) -> list[PreparedPhoto]:
+    """Every photo of ``folds`` under ``root`` through the device chain.
+
+    ``boxes``: "fiducials" (the photo's hand-marked points give the first box: the oracle,
+    no detector failure) or "detector" (BlazeFace short range, the largest face, the device's
+    crop policy: what the device would see)."""
+    from tqdm import tqdm
+
+    detector = None
+    if boxes == "detector":
+        from edge.detect.registry import build_detector
+        from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
+
+        detector = build_detector({"type": "blazeface", "range": "short"})
+    elif boxes != "fiducials":
+        raise ValueError(f"--boxes: expected fiducials or detector, got {boxes!r}")
+    out = []
+    for photo in tqdm(fold_photos(root, folds), desc=f"faces ({boxes} boxes)", disable=not progress, mininterval=5):
+        image = read_image_bgr(photo.image_path)
+        key = photo_key(photo.image_path)
+        if detector is None:
+            crop, refine = rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5), 2
+        else:
+            dets = detector.detect(image)
+            if not dets:
+                out.append(PreparedPhoto(key, photo.image_path, None))
+                continue
+            det = max(dets, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
+            crop, refine = BLAZEFACE_SHORT_CROP.crop_box(det.box), 1
+        out.append(PreparedPhoto(key, photo.image_path, prepare_faces(image, [crop], landmarker, refine=refine)[0]))
+    return out
+
+
+def table_from(prepared: Sequence[PreparedPhoto], embedder, progress: bool = False) -> FaceTable:
+    """Embed the prepared photos (``embedder.embed(image, faces)``; the image is read only for
+    embedders with ``needs_image``, e.g. dlib, which aligns faces its own way)."""
+    from tqdm import tqdm
+
+    found = [p for p in prepared if p.face is not None]
+    missing = [p.key for p in prepared if p.face is None]
+    if getattr(embedder, "needs_image", False):
+        vectors = [
+            embedder.embed(read_image_bgr(p.path), [p.face])[0]
+            for p in tqdm(found, disable=not progress, mininterval=5)
+        ]
+    else:
+        vectors = list(embedder.embed(None, [p.face for p in found]))
+    dim = len(vectors[0]) if vectors else 1
+    return FaceTable([p.key for p in found], np.array(vectors).reshape(-1, dim), [p.face.yaw for p in found], missing)
+
+
+def photo_table(root, folds: Sequence[int], landmarker, boxes: str, embedder, progress: bool = True) -> FaceTable:
+    return table_from(prepare_photos(root, folds, landmarker, boxes, progress), embedder, progress)
+
+
+def check_folds(root, folds: Sequence[int]) -> None:
+    from edge.datasets.cfp import available_folds
+
+    have = set(available_folds(root, "FP")) & set(available_folds(root, "FF"))
+    absent = [f for f in folds if f not in have]
+    if absent:
+        raise ValueError(
+            f"CFP root {root}: fold(s) {', '.join(map(str, absent))} not found under Protocol/Split/FF and FP"
+        )
+
+
+def load_embedder(model: Path, threads: int = 1):
+    """An edge runner for a checkpoint (.pt, torch) or an exported ONNX/TFLite model."""
+    model = Path(model)
+    if not model.exists():
+        raise FileNotFoundError(f"--model {model}: no such file")
+    if model.suffix == ".pt":
+        from training.identity.train import load_checkpoint
+
+        net, meta, _ = load_checkpoint(model)
+        torch.set_num_threads(threads)
+        return TorchEmbedRunner(net, meta)
+    from edge.runtime.runner import load_model
+
+    return load_model(model, threads=threads)
+
+
+def cache_face_table(runner, cache: dict, folds: Sequence[int]) -> FaceTable:
+    """A :class:`FaceTable` from the aligned-face cache (CFP, oracle boxes) for ``folds``."""
+    sel = np.flatnonzero((cache["source"] == "cfp") & np.isin(cache["fold"], folds))
+    keys = [photo_key(p) for p in cache["path"][sel]]
+    return FaceTable(keys, embed_batch(runner, cache["images"][sel], batch_size=64), cache["pose"][sel, 0])
+
+
+def fold_of_identity(identity: int) -> int:
+    return (identity - 1) // CFP_FOLD_SIZE + 1

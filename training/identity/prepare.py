@@ -1,0 +1,128 @@
+"""Aligned-face cache for identity training: every usable face of CFP, LFW and ORL, prepared by
+the device's own chain (:mod:`edge.faces`: PIPNet landmarks, shared head pose, 5-point
+alignment to 112x112), with the pose signal PoseFace trains on.
+
+    python -m training.identity prepare --out CACHE [--data-root DIR] [--landmark-model FILE]
+
+Face boxes (the starting point only; the landmarks refine it):
+- CFP: the box of the photo's 30 hand-marked fiducials ("oracle" box; frontal and profile).
+- LFW (grayscale, 176x176 central crops): the fixed central face box of the LFW frame.
+- ORL (92x112, the face fills the photo): the whole photo.
+
+One ``<source>.npz`` per source: ``images`` (N, 112, 112, 3) uint8 BGR, ``person`` (N,) str
+(``cfp/001``, ``lfw/Name``, ``orl/s1``), ``fold`` (N,) CFP protocol fold (0 elsewhere),
+``profile`` (N,) bool (CFP profile photo), ``pose`` (N, 3) yaw/pitch/roll degrees,
+``landmarks`` (N, 68, 2) in aligned pixels, ``path`` (N,) photo path relative to the data root.
+Photos whose landmarks give no head pose are listed in ``skipped.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.datasets.cfp import CFP_FOLD_SIZE, cfp_photos, fiducial_box, read_fiducials
+from edge.datasets.lfw import lfw_people
+from edge.datasets.orl import orl_photos
+from edge.datasets.root import require_data_root
+from edge.faces import ALIGNED_SIZE, prepare_faces, rough_crop_box
+from edge.imageio import read_image_bgr
+
+LFW_FACE_BOX = np.array([30.5, 30.5, 145.5, 145.5])  # the central ~115 px of the 176 px frame
+SOURCES = ("cfp", "lfw", "orl")
+
+
+def _cfp_items(data_root: Path):
+    for photo in cfp_photos(data_root / "cfp"):
+        box = rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5)
+        fold = (photo.identity - 1) // CFP_FOLD_SIZE + 1
+        yield photo.image_path, box, f"cfp/{photo.identity:03d}", fold, photo.view == "profile"
+
+
+def _lfw_items(data_root: Path, min_photos: int = 2):
+    for name, paths in lfw_people(data_root / "lfw_gray").items():
+        if len(paths) < min_photos:
+            continue
+        for path in paths:
+            yield path, rough_crop_box(LFW_FACE_BOX, 1.2), f"lfw/{name}", 0, False
+
+
+def _orl_items(data_root: Path):
+    for photo in orl_photos(data_root / "orl"):
+        yield photo.path, np.array([-10.0, 0.0, 102.0, 112.0]), f"orl/s{photo.subject}", 0, False
+
+
+ITEMS = {"cfp": _cfp_items, "lfw": _lfw_items, "orl": _orl_items}
+
+
+def prepare_source(
+    source: str, data_root: Path, landmarker, out_dir: Path, progress: bool = True, limit: int | None = None
+) -> dict:
+    """Write ``out_dir/<source>.npz``; ``limit`` keeps the first N photos (tests, quick looks)."""
+    items = list(ITEMS[source](data_root))[:limit]
+    images, person, fold, profile, pose, landmarks, paths, skipped = [], [], [], [], [], [], [], []
+    for path, box, who, k, is_profile in tqdm(items, desc=f"prepare {source}", disable=not progress, mininterval=5):
+        image = read_image_bgr(path)
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        face = prepare_faces(image, [box], landmarker, ALIGNED_SIZE, refine=2)[0]
+        rel = os.path.relpath(path, data_root)
+        if face is None:
+            skipped.append(rel)
+            continue
+        images.append(face.aligned)
+        person.append(who)
+        fold.append(k)
+        profile.append(is_profile)
+        pose.append((face.yaw, face.pitch, face.roll))
+        landmarks.append(face.aligned_landmarks.astype(np.float32))
+        paths.append(rel)
+    target = out_dir / f"{source}.npz"
+    tmp = out_dir / f".{source}.tmp.npz"
+    np.savez(
+        tmp,
+        images=np.stack(images),
+        person=np.array(person),
+        fold=np.array(fold, dtype=np.int16),
+        profile=np.array(profile, dtype=bool),
+        pose=np.array(pose, dtype=np.float32),
+        landmarks=np.stack(landmarks),
+        path=np.array(paths),
+    )
+    os.replace(tmp, target)
+    return {"faces": len(images), "people": len(set(person)), "skipped": skipped}
+
+
+def prepare_cache(out_dir: Path, data_root=None, landmark_model=None, sources=SOURCES, progress=True) -> dict:
+    from edge.enroll import LANDMARK_MODEL
+    from training.landmarks.evalcli import load_landmarker
+
+    data_root = Path(data_root) if data_root else require_data_root()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    landmarker = load_landmarker(Path(landmark_model or LANDMARK_MODEL))
+    summary = {"data_root": str(data_root), "landmark_model": str(landmark_model or LANDMARK_MODEL), "sources": {}}
+    for source in sources:
+        summary["sources"][source] = prepare_source(source, data_root, landmarker, out_dir, progress)
+        print(f"{source}: {summary['sources'][source]['faces']} faces of {summary['sources'][source]['people']} people")
+    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    return summary
+
+
+def load_cache(cache_dir: Path, sources=SOURCES) -> dict[str, np.ndarray]:
+    """All sources' arrays concatenated (with ``source`` added)."""
+    parts = []
+    for source in sources:
+        path = Path(cache_dir) / f"{source}.npz"
+        if not path.exists():
+            raise FileNotFoundError(
+                f"{path}: no aligned-face cache: run python -m training.identity prepare --out {cache_dir}"
+            )
+        with np.load(path) as z:
+            part = {k: z[k] for k in z.files}
+        part["source"] = np.full(len(part["person"]), source)
+        parts.append(part)
+    return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}
