@@ -107,3 +107,19 @@ def embed_batch(runner, aligned_faces, batch_size: int = 32) -> np.ndarray:
     if not (np.isfinite(vecs).all() and (norms > 1e-12).all()):
         raise ValueError(f"{runner.meta.name}: embedding output is zero or not finite")
     return (vecs / norms).astype(np.float32)
+
+
+def largest(detections):
+    """The detection with the largest box (the person nearest the camera), or None."""
+    if not detections:
+        return None
+    return max(detections, key=lambda d: float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
+
+
+def prepare_largest_face(image: np.ndarray, detector, crop_policy, landmarker, refine: int = 1):
+    """The device chain on a photo's largest detected face: a :class:`PreparedFace`, or None when
+    no face is found (or its landmarks give no pose)."""
+    det = largest(detector.detect(image))
+    if det is None:
+        return None
+    return prepare_faces(image, [crop_policy.crop_box(det.box)], landmarker, refine=refine)[0]

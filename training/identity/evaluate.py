@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edge.datasets.cfp import CFP_FOLD_SIZE, cfp_photos, fiducial_box, fold_identities, fold_pairs, read_fiducials
-from edge.faces import embed_batch, prepare_faces, rough_crop_box
+from edge.faces import embed_batch, prepare_faces, prepare_largest_face, rough_crop_box
 from edge.imageio import read_image_bgr
 from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
 from edge.runtime.meta import ModelMeta
@@ -246,12 +246,9 @@ def prepare_photos(root, folds: Sequence[int], landmarker, boxes: str, progress:
         if detector is None:
             crop, refine = rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5), 2
         else:
-            dets = detector.detect(image)
-            if not dets:
-                out.append(PreparedPhoto(key, photo.image_path, None))
-                continue
-            det = max(dets, key=lambda d: (d.box[2] - d.box[0]) * (d.box[3] - d.box[1]))
-            crop, refine = BLAZEFACE_SHORT_CROP.crop_box(det.box), 1
+            face = prepare_largest_face(image, detector, BLAZEFACE_SHORT_CROP, landmarker, refine=1)
+            out.append(PreparedPhoto(key, photo.image_path, face))
+            continue
         out.append(PreparedPhoto(key, photo.image_path, prepare_faces(image, [crop], landmarker, refine=refine)[0]))
     return out
 

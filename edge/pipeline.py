@@ -1,0 +1,267 @@
+"""One frame in, faces and events out: detect -> landmarks -> head pose + align -> embed ->
+match -> tracker -> events. A plain object with the tracks as its state, so it is tested frame
+by frame; the run loop (``edge.run``) owns the camera, timing, service protocol and sinks.
+
+Stage latencies are measured per frame (milliseconds) and kept for health and the benchmark:
+``detect``, ``landmarks``, ``pose_align``, ``embed``, ``match`` and ``frame`` (end to end).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from edge import events as ev
+from edge.faces import ALIGNED_SIZE, embed_batch, face_landmarks
+from edge.gallery import GalleryArrays
+from edge.geometry.align import align_face
+from edge.geometry.headpose import head_pose
+from edge.geometry.landmarks68 import five_points
+from edge.matching import MatchResult, YawThresholds, match
+from edge.tracker import Observation, Tracker
+
+STAGES = ("detect", "landmarks", "pose_align", "embed", "match", "frame")
+
+
+@dataclass(frozen=True, eq=False)
+class FaceResult:
+    """One face of a frame. ``box`` the detector's [x1, y1, x2, y2] pixels; angles in degrees;
+    ``match`` the per-frame gallery match (None without an identity model); ``track_id`` its
+    track; ``identity`` the track's decided identity (None while unknown or undecided)."""
+
+    box: np.ndarray
+    det_score: float
+    landmarks: np.ndarray
+    yaw: float
+    pitch: float
+    roll: float
+    aligned: np.ndarray
+    match: MatchResult | None
+    track_id: int
+    identity: str | None
+
+
+@dataclass
+class FrameResult:
+    index: int
+    name: str | None
+    faces: list[FaceResult]
+    events: list[ev.Event]
+    timings_ms: dict[str, float]
+
+
+@dataclass
+class StageStats:
+    """The last ``window`` latencies of each stage, for p50/p90 in health and bench reports."""
+
+    window: int = 1000
+    samples: dict[str, deque] = field(default_factory=dict)
+
+    def add(self, timings: dict[str, float]) -> None:
+        for stage, ms in timings.items():
+            self.samples.setdefault(stage, deque(maxlen=self.window)).append(ms)
+
+    def summary(self) -> dict[str, dict[str, float]]:
+        out = {}
+        for stage, values in self.samples.items():
+            arr = np.asarray(values, dtype=np.float64)
+            out[stage] = {
+                "count": int(arr.size),
+                "p50_ms": round(float(np.median(arr)), 3),
+                "p90_ms": round(float(np.percentile(arr, 90)), 3),
+            }
+        return out
+
+
+class FacePipeline:
+    """``detector`` (``.detect(image) -> [Detection]``), ``crop_policy`` (detector box -> landmark
+    crop), ``landmarker`` (:class:`edge.landmarks.Landmarker`), ``embedder`` an identity model
+    runner or None (faces are then found and tracked, not named), ``gallery`` a callable returning
+    the current :class:`GalleryArrays`, ``thresholds`` the pose-aware :class:`YawThresholds`.
+
+    ``stills``: frames are independent photos (an image folder): every face is decided from its
+    own frame and its track ends with the frame. Otherwise tracks live across frames."""
+
+    def __init__(
+        self,
+        detector,
+        crop_policy,
+        landmarker,
+        embedder=None,
+        gallery: Callable[[], GalleryArrays] | None = None,
+        thresholds: YawThresholds | None = None,
+        tracker: Tracker | None = None,
+        stills: bool = False,
+        refine: int = 1,
+        clock: Callable[[], float] = time.perf_counter,
+    ):
+        if embedder is not None and thresholds is None:
+            raise ValueError("FacePipeline: an identity model needs matching thresholds")
+        self.detector, self.crop_policy, self.landmarker = detector, crop_policy, landmarker
+        self.embedder, self.gallery, self.thresholds = embedder, gallery, thresholds
+        self.stills = stills
+        self.tracker = tracker or Tracker()
+        if stills:
+            self.tracker.min_hits = 1
+        self.refine = refine
+        self.clock = clock
+        self.stats = StageStats()
+        self.counters = {"frames": 0, "faces": 0, "recognised": 0, "unknown": 0, "tracks_ended": 0}
+        self.source_label = "unknown"
+
+    # ------------------------------------------------------------------ one frame
+    def process(
+        self, image: np.ndarray, index: int = 0, name: str | None = None, source: str | None = None, wall_time=None
+    ) -> FrameResult:
+        clock, t = self.clock, {}
+        start = clock()
+        detections = self.detector.detect(image)
+        t["detect"] = (clock() - start) * 1000
+
+        t0 = clock()
+        crops = [self.crop_policy.crop_box(d.box) for d in detections]
+        points = face_landmarks(image, crops, self.landmarker, self.refine) if crops else []
+        t["landmarks"] = (clock() - t0) * 1000
+
+        t0 = clock()
+        height, width = image.shape[:2]
+        kept, poses, aligned = [], [], []
+        for det, pts in zip(detections, points):
+            try:
+                pose = head_pose(pts, (width, height))
+                face = align_face(image, five_points(pts), ALIGNED_SIZE)
+            except ValueError:
+                continue  # degenerate landmarks: no pose, no face
+            kept.append((det, pts))
+            poses.append(pose)
+            aligned.append(face)
+        t["pose_align"] = (clock() - t0) * 1000
+
+        t0 = clock()
+        embeddings = embed_batch(self.embedder, aligned) if self.embedder is not None and aligned else None
+        t["embed"] = (clock() - t0) * 1000
+
+        t0 = clock()
+        gallery = self.gallery() if (self.gallery is not None and embeddings is not None) else None
+        matches: list[MatchResult | None] = []
+        for i, pose in enumerate(poses):
+            if embeddings is None:
+                matches.append(None)
+            elif gallery is None or len(gallery.names) == 0:
+                matches.append(MatchResult(None, None, None, None, self.thresholds.threshold_for(pose.yaw)))
+            else:
+                matches.append(match(embeddings[i], pose.yaw, gallery, self.thresholds))
+        t["match"] = (clock() - t0) * 1000
+
+        observations = [
+            Observation(
+                box=np.asarray(det.box, dtype=np.float64),
+                det_score=float(det.score),
+                yaw=float(pose.yaw),
+                candidate=None if m is None else m.candidate,
+                score=None if m is None else m.score,
+                accepted=bool(m is not None and m.name is not None),
+                frame=name if name is not None else index,
+            )
+            for (det, _), pose, m in zip(kept, poses, matches)
+        ]
+        update = self.tracker.update(observations)
+        frame_ref = name if name is not None else index
+        src = source or self.source_label
+        events = self._decide(update.assigned, src, frame_ref, wall_time)
+        ended = update.ended + (self.tracker.end_all() if self.stills else [])
+        events += self._ended(ended, src, frame_ref, wall_time)
+        t["frame"] = (clock() - start) * 1000
+
+        faces = [
+            FaceResult(
+                box=np.asarray(det.box, dtype=np.float64),
+                det_score=float(det.score),
+                landmarks=pts,
+                yaw=pose.yaw,
+                pitch=pose.pitch,
+                roll=pose.roll,
+                aligned=al,
+                match=m,
+                track_id=track.id,
+                identity=track.identity,
+            )
+            for (det, pts), pose, al, m, track in zip(kept, poses, aligned, matches, update.assigned)
+        ]
+        self.stats.add(t)
+        self.counters["frames"] += 1
+        self.counters["faces"] += len(faces)
+        return FrameResult(index, name, faces, events, t)
+
+    def finish(self, source: str | None = None, wall_time=None) -> list[ev.Event]:
+        """End every open track (end of the stream, shutdown): their track_ended events."""
+        return self._ended(self.tracker.end_all(), source or self.source_label, None, wall_time)
+
+    # ------------------------------------------------------------------ events
+    def _decide(self, tracks, source, frame_ref, wall_time) -> list[ev.Event]:
+        out = []
+        if self.embedder is None:
+            return out
+        for track in tracks:
+            obs = track.last
+            box = [float(v) for v in obs.box]
+            name, score = track.decide(self.tracker.min_hits)
+            if name is not None and name != track.identity:
+                track.identity, track.identity_score = name, score
+                self.counters["recognised"] += 1
+                out.append(
+                    ev.recognised(
+                        source=source,
+                        track_id=track.id,
+                        identity=name,
+                        score=float(score),
+                        yaw=obs.yaw,
+                        box=box,
+                        frame=frame_ref,
+                        time=wall_time,
+                    )
+                )
+            elif (
+                name is None
+                and track.identity is None
+                and not track.unknown_reported
+                and (track.hits >= self.tracker.min_hits)
+            ):
+                track.unknown_reported = True
+                self.counters["unknown"] += 1
+                best = max((o.score for o in track.evidence if o.score is not None), default=None)
+                out.append(
+                    ev.unknown_face(
+                        source=source,
+                        track_id=track.id,
+                        score=best,
+                        yaw=obs.yaw,
+                        box=box,
+                        frame=frame_ref,
+                        time=wall_time,
+                    )
+                )
+        return out
+
+    def _ended(self, tracks, source, frame_ref, wall_time) -> list[ev.Event]:
+        out = []
+        for track in tracks:
+            self.counters["tracks_ended"] += 1
+            obs = track.last
+            out.append(
+                ev.track_ended(
+                    source=source,
+                    track_id=track.id,
+                    identity=track.identity,
+                    score=track.identity_score,
+                    yaw=obs.yaw,
+                    box=[float(v) for v in obs.box],
+                    frame=obs.frame,
+                    time=wall_time,
+                )
+            )
+        return out

@@ -1,0 +1,277 @@
+"""The runtime chain: tracker, pipeline, calibration, health endpoint and `python -m edge.run`,
+on real CFP photos with the shipped models."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edge.calibrate import calibrate_scores, dense_probe_pairs
+from edge.health import HealthServer, prometheus_text
+from edge.tracker import Observation, Tracker
+
+REPO = Path(__file__).resolve().parents[1]
+SHIPPED_IDENTITY = REPO / "edge" / "models" / "identity" / "poseface_mfn.onnx"
+
+
+def obs(box, name=None, score=None, accepted=False, yaw=0.0, det=0.9):
+    return Observation(np.asarray(box, float), det, yaw, name, score, accepted)
+
+
+# ------------------------------------------------------------------ tracker
+
+
+def test_tracker_keeps_ids_across_motion_and_ends_after_max_age():
+    tr = Tracker(iou_threshold=0.3, max_age=2, min_hits=2, evidence_frames=5)
+    a = tr.update([obs([0, 0, 10, 10]), obs([50, 50, 60, 60])]).assigned
+    ids = [t.id for t in a]
+    assert ids == [1, 2]
+    # both move a little (IoU > 0.3), and the order of detections changes
+    b = tr.update([obs([52, 51, 62, 61]), obs([1, 1, 11, 11])]).assigned
+    assert [t.id for t in b] == [2, 1]
+    # fast motion: low IoU but centre within half a side continues the track
+    c = tr.update([obs([5.4, 3, 15.4, 13])]).assigned
+    assert c[0].id == 1
+    ended = []
+    for _ in range(3):
+        ended += tr.update([obs([5, 4, 15, 14])]).ended
+    assert [t.id for t in ended] == [2]
+    assert tr.update([obs([200, 200, 210, 210])]).assigned[0].id == 3  # new ids never reuse old ones
+
+
+def test_track_decides_from_evidence_not_one_frame():
+    tr = Tracker(min_hits=2, evidence_frames=5)
+    t = tr.update([obs([0, 0, 10, 10], "ann", 0.6, True)]).assigned[0]
+    assert t.decide(2) == (None, None)  # one frame is not enough
+    tr.update([obs([0, 0, 10, 10], "ann", 0.7, True)])
+    assert t.decide(2) == ("ann", 0.7)
+    # a single stray frame cannot flip a decided track
+    tr.update([obs([0, 0, 10, 10], "bob", 0.9, True)])
+    assert t.decide(2)[0] == "ann"
+    # rejected frames dilute: a majority of the kept evidence must agree
+    for _ in range(4):
+        tr.update([obs([0, 0, 10, 10], "ann", 0.2, False, det=0.99)])
+    assert t.decide(2) == (None, None)
+
+
+def test_evidence_keeps_the_best_quality_frames():
+    tr = Tracker(min_hits=1, evidence_frames=2)
+    t = tr.update([obs([0, 0, 10, 10], yaw=80)]).assigned[0]
+    tr.update([obs([0, 0, 10, 10], yaw=0)])
+    tr.update([obs([0, 0, 10, 10], yaw=10)])
+    assert sorted(o.yaw for o in t.evidence) == [0, 10]
+
+
+# ------------------------------------------------------------------ calibration
+
+
+def test_calibrate_scores_meets_far_per_bin():
+    rng = np.random.default_rng(0)
+    n = 200_000
+    yaw = rng.uniform(0, 80, n)
+    same = rng.random(n) < 0.05
+    # profile probes score lower for everyone
+    scores = np.where(same, 0.7, 0.1) - yaw / 200 + rng.normal(0, 0.1, n)
+    thr, rows = calibrate_scores(scores, same, yaw, (15.0, 30.0, 45.0), 1e-3)
+    assert len(thr.thresholds) == 4
+    assert thr.thresholds[0] > thr.thresholds[-1]  # the profile bin is laxer
+    for b, row in enumerate(rows):
+        sel = (np.searchsorted([15, 30, 45], yaw, side="right") == b) & ~same
+        assert (scores[sel] >= thr.thresholds[b]).mean() <= 1e-3
+        assert row["far"] <= 1e-3
+
+
+def test_calibrate_scores_borrows_for_sparse_bins():
+    scores = np.r_[np.linspace(-0.5, 0.5, 20000), [0.9, 0.8]]
+    same = np.r_[np.zeros(20000, bool), [True, True]]
+    yaw = np.r_[np.zeros(20000), [70.0, 70.0]]
+    thr, rows = calibrate_scores(scores, same, yaw, (15.0, 30.0, 45.0), 1e-3)
+    assert thr.thresholds[3] == thr.thresholds[0] and "borrowed" in rows[3]["note"]
+    with pytest.raises(ValueError, match="enough impostor pairs"):
+        calibrate_scores(scores[:100], same[:100] | (np.arange(100) < 3), yaw[:100], (15.0,), 1e-3)
+
+
+def test_dense_probe_pairs_excludes_self_pairs():
+    ids = np.array([1, 1, 2])
+    views = np.array(["frontal", "profile", "frontal"])
+    emb = np.eye(3, dtype=np.float32)
+    s, same, y = dense_probe_pairs(ids, views, emb, np.array([0.0, 70.0, 5.0]))
+    assert len(s) == 2 * 3 - 2 and same.sum() == 1 and not (s == 1).any()
+
+
+# ------------------------------------------------------------------ health
+
+
+def test_health_endpoint_json_metrics_and_token():
+    snap = {"fps": 2.5, "stages": {"detect": {"p50_ms": 1.5}}, "source": {"state": "streaming", "ok": True}}
+    assert "poseface_stages_detect_p50_ms 1.5" in prometheus_text(snap)
+    assert "poseface_source_ok 1" in prometheus_text(snap)
+    server = HealthServer("127.0.0.1", 0, lambda: snap, token="s3cret").start()
+    try:
+        url = f"http://127.0.0.1:{server.port}"
+        with pytest.raises(urllib.error.HTTPError) as err:
+            urllib.request.urlopen(url + "/health", timeout=5)
+        assert err.value.code == 401
+        req = urllib.request.Request(url + "/health", headers={"Authorization": "Bearer s3cret"})
+        assert json.loads(urllib.request.urlopen(req, timeout=5).read())["fps"] == 2.5
+        req = urllib.request.Request(url + "/metrics", headers={"Authorization": "Bearer s3cret"})
+        assert b"poseface_fps 2.5" in urllib.request.urlopen(req, timeout=5).read()
+    finally:
+        server.close()
+
+
+# ------------------------------------------------------------------ --source shorthand
+
+
+def test_source_overrides(tmp_path):
+    from edge.config import ConfigError
+    from edge.run import source_overrides
+
+    assert source_overrides("/dev/video0") == {"source.type": "v4l2", "source.device": "/dev/video0"}
+    assert source_overrides("0")["source.type"] == "v4l2"
+    assert source_overrides("picamera") == {"source.type": "picamera2"}
+    assert source_overrides("csi") == {"source.type": "jetson_csi"}
+    assert source_overrides("rtsp://cam/1")["source.type"] == "rtsp"
+    assert source_overrides("https://cam/mjpeg")["source.type"] == "http"
+    assert source_overrides(str(tmp_path))["source.type"] == "folder"
+    video = tmp_path / "a.mp4"
+    video.write_bytes(b"x")
+    assert source_overrides(str(video))["source.type"] == "video"
+    with pytest.raises(ConfigError, match="--source"):
+        source_overrides(str(tmp_path / "missing"))
+
+
+# ------------------------------------------------------------------ real photos, real models
+
+
+@pytest.fixture(scope="module")
+def identity_model(tmp_path_factory):
+    """The shipped identity model; before it lands, a small random net exported the same way."""
+    if SHIPPED_IDENTITY.exists():
+        return SHIPPED_IDENTITY
+    pytest.importorskip("torch")
+    import torch
+
+    from training.config import to_dict
+    from training.identity.config import IdentityTrainConfig
+    from training.identity.data import identity_meta
+    from training.identity.export import export_onnx
+    from training.identity.model import IdentityNet
+
+    out = tmp_path_factory.mktemp("idmodel")
+    cfg = IdentityTrainConfig(width=0.25)
+    ckpt = out / "net.pt"
+    torch.save(
+        {"model": IdentityNet(width=0.25).state_dict(), "config": to_dict(cfg), "meta": identity_meta(cfg).to_dict()},
+        ckpt,
+    )
+    return export_onnx(ckpt, out / "id.onnx")
+
+
+def _cfp(real_data, person: int, view: str, n: int) -> Path:
+    return real_data / "cfp" / "Data" / "Images" / f"{person:03d}" / view / f"{n:02d}.jpg"
+
+
+def test_pipeline_on_real_photos(real_data, identity_model):
+    from edge.config import SHIPPED_LANDMARKS
+    from edge.detect.registry import build_detector
+    from edge.gallery import gallery_arrays_from
+    from edge.imageio import read_image_bgr
+    from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
+    from edge.landmarks.landmarker import Landmarker
+    from edge.matching import YawThresholds
+    from edge.pipeline import STAGES, FacePipeline
+    from edge.runtime.runner import load_model
+
+    embedder = load_model(identity_model)
+    landmarker = Landmarker(load_model(SHIPPED_LANDMARKS))
+    enrol = FacePipeline(
+        build_detector({"type": "blazeface", "range": "short"}),
+        BLAZEFACE_SHORT_CROP,
+        landmarker,
+        embedder,
+        None,
+        YawThresholds.uniform(0.0),
+        stills=True,
+    )
+    image = read_image_bgr(_cfp(real_data, 401, "frontal", 1))
+    face = enrol.process(image).faces[0]
+    from edge.faces import embed_batch
+
+    emb = embed_batch(embedder, [face.aligned])[0]
+    gallery = gallery_arrays_from([("p401", emb, face.yaw)])
+    pipe = FacePipeline(
+        build_detector({"type": "blazeface", "range": "short"}),
+        BLAZEFACE_SHORT_CROP,
+        landmarker,
+        embedder,
+        lambda: gallery,
+        YawThresholds.uniform(0.99),
+        stills=True,
+    )
+    same = pipe.process(image, 0, "same.jpg", "test")
+    assert [e.type for e in same.events] == ["recognised", "track_ended"]
+    assert same.events[0].identity == "p401" and same.events[0].frame == "same.jpg"
+    assert set(STAGES) <= set(same.timings_ms)
+    profile = pipe.process(read_image_bgr(_cfp(real_data, 401, "profile", 1)), 1, "profile.jpg", "test")
+    assert abs(profile.faces[0].yaw) > 20  # the head pose of a profile photo
+    assert set(pipe.stats.summary()) == set(STAGES)
+
+
+def test_edge_run_cli_on_a_folder_of_real_photos(real_data, identity_model, tmp_path):
+    photos = tmp_path / "photos"
+    enrol = tmp_path / "enrol"
+    photos.mkdir()
+    enrol.mkdir()
+    for n in (1, 2):
+        shutil.copy(_cfp(real_data, 401, "frontal", n), enrol / f"{n}.jpg")
+    shutil.copy(_cfp(real_data, 401, "frontal", 3), photos / "a_401.jpg")
+    shutil.copy(_cfp(real_data, 402, "frontal", 1), photos / "b_402.jpg")
+    gallery = tmp_path / "g.sqlite"
+    cmd = [sys.executable, "-m", "edge.enroll", "add", "p401", "--images", str(enrol), "--gallery", str(gallery)]
+    if not SHIPPED_IDENTITY.exists():
+        cmd += ["--embedder-model", str(identity_model)]
+    subprocess.run(cmd, check=True, capture_output=True, cwd=REPO)
+    summary = tmp_path / "summary.json"
+    run = [
+        sys.executable,
+        "-m",
+        "edge.run",
+        "--source",
+        str(photos),
+        "--gallery",
+        str(gallery),
+        "--embedder-model",
+        str(identity_model),
+        "--summary-json",
+        str(summary),
+    ]
+    if "matching_thresholds" not in json.loads(Path(identity_model).with_suffix(".json").read_text()).get("extra", {}):
+        run += ["--set", "matching.thresholds=[0.9,0.9,0.9,0.9]"]
+    out = subprocess.run(run, check=True, capture_output=True, text=True, cwd=REPO)
+    events = [json.loads(line) for line in out.stdout.splitlines()]
+    assert {e["frame"] for e in events} == {"a_401.jpg", "b_402.jpg"}
+    assert all(e["schema"] == "poseface.event/1" for e in events)
+    assert sum(e["type"] == "track_ended" for e in events) == 2
+    report = json.loads(summary.read_text())
+    assert report["counters"]["frames"] == 2 and report["counters"]["faces"] == 2
+    assert report["stages"]["frame"]["count"] == 2
+
+
+def test_edge_run_refuses_bad_input_with_one_line(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.run", "--source", str(tmp_path / "nope")], capture_output=True, text=True, cwd=REPO
+    )
+    assert out.returncode == 2 and out.stderr.count("\n") == 1 and "--source" in out.stderr
+    out = subprocess.run(
+        [sys.executable, "-m", "edge.run", "--set", "tracker.iou=7"], capture_output=True, text=True, cwd=REPO
+    )
+    assert out.returncode == 2 and "tracker.iou" in out.stderr
