@@ -1,11 +1,17 @@
-"""Latency of model files on this machine, measured side by side, as one table and JSON.
+"""Latency on this machine, measured side by side, as one table and JSON.
 
     python -m edge.bench [MODEL ...] [--threads 1 2] [--runs 100] [--json OUT]
+    python -m edge.bench --pipeline [--frames 60] [--threads 1 2] [--gallery-size 100] [--json OUT]
 
-Without MODEL arguments, every shipped model under edge/models is timed. Runs are
+Models: without MODEL arguments, every shipped model under edge/models is timed. Runs are
 interleaved (one call of each model per round), so a noisy, shared machine slows every
 model alike and the ratios between them stay meaningful. One call = one face (batch 1),
 after warm-up; the input is random in the model's own layout.
+
+``--pipeline``: the whole device chain per stage (detect, landmarks, pose_align, embed, match,
+frame) on real photos (CFP fold 9, frontal and profile), p50/p90 per frame and per face, for
+every backend/precision variant of the shipped landmark + identity models present (pairs with
+the same precision and format), interleaved frame by frame; plus the process's peak memory.
 """
 
 from __future__ import annotations
@@ -73,13 +79,155 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _variant_key(path: Path) -> tuple[str, str]:
+    """(format, precision tag) of a model file: pipnet_light.onnx -> (onnx, fp32),
+    pipnet_light.int8.onnx -> (onnx, int8)."""
+    parts = path.name.split(".")
+    return path.suffix[1:], parts[1] if len(parts) > 2 else "fp32"
+
+
+def pipeline_variants() -> list[tuple[str, Path, Path]]:
+    """(label, landmark model, identity model) pairs of the same format and precision."""
+    found: dict[str, dict] = {}
+    for p in shipped_models():
+        task = p.parent.name
+        if task in ("landmarks", "identity"):
+            found.setdefault(task, {})[_variant_key(p)] = p
+    pairs = []
+    for key, lm in sorted(found.get("landmarks", {}).items()):
+        ident = found.get("identity", {}).get(key)
+        if ident is not None:
+            pairs.append((f"{key[0]} {key[1]}", lm, ident))
+    return pairs
+
+
+def _rss_mib(field: str = "VmRSS") -> float:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return round(int(line.split()[1]) / 1024, 1)
+    except OSError:
+        pass
+    import resource
+
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def bench_pipeline(frames: int, threads: int, gallery_size: int, variants=None) -> list[dict]:
+    from edge.datasets.cfp import cfp_photos, fold_identities
+    from edge.datasets.root import require_data_root
+    from edge.detect.registry import build_detector
+    from edge.gallery import gallery_arrays_from
+    from edge.imageio import read_image_bgr
+    from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
+    from edge.landmarks.landmarker import Landmarker
+    from edge.matching import YawThresholds
+    from edge.pipeline import FacePipeline
+
+    variants = variants or pipeline_variants()
+    if not variants:
+        raise FileNotFoundError("no landmark + identity model pair of one precision under edge/models")
+    photos = cfp_photos(require_data_root("cfp"), identities=fold_identities(9))
+    step = max(1, len(photos) // frames)
+    images = [read_image_bgr(p.image_path) for p in photos[::step][:frames]]
+    rng = np.random.default_rng(0)
+    rows, pipes = [], []
+    for _label, lm, ident in variants:
+        embedder = load_model(ident, threads=threads)
+        dim = int(
+            np.prod(
+                embedder.run(np.zeros((1, *embedder.input_shape[1:]), np.float32))[embedder.meta.output_names[0]].shape[
+                    1:
+                ]
+            )
+        )
+        gallery = gallery_arrays_from(
+            (f"id{i // 3}", rng.normal(size=dim), float(rng.uniform(-60, 60))) for i in range(3 * gallery_size)
+        )
+        pipes.append(
+            FacePipeline(
+                build_detector({"type": "blazeface", "range": "short", "threads": threads}),
+                BLAZEFACE_SHORT_CROP,
+                Landmarker(load_model(lm, threads=threads)),
+                embedder,
+                lambda g=gallery: g,
+                YawThresholds.uniform(0.5),
+                stills=True,
+            )
+        )
+    for pipe in pipes:  # warm-up
+        for image in images[:3]:
+            pipe.process(image)
+        pipe.stats.samples.clear()
+    per_face = [[] for _ in pipes]
+    faces = [0 for _ in pipes]
+    for image in images:
+        for i, pipe in enumerate(pipes):
+            result = pipe.process(image)
+            faces[i] += len(result.faces)
+            if result.faces:
+                per_face[i].append(result.timings_ms["frame"] / len(result.faces))
+    for (label, lm, ident), pipe, pf, n_faces in zip(variants, pipes, per_face, faces):
+        stats = pipe.stats.summary()
+        rows.append(
+            {
+                "variant": label,
+                "landmarks": str(lm),
+                "identity": str(ident),
+                "threads": threads,
+                "frames": len(images),
+                "faces": n_faces,
+                "stages": stats,
+                "per_face_p50_ms": round(float(np.median(pf)), 3) if pf else None,
+                "per_face_p90_ms": round(float(np.percentile(pf, 90)), 3) if pf else None,
+            }
+        )
+    return rows
+
+
+def format_pipeline(rows: list[dict]) -> str:
+    from edge.pipeline import STAGES
+
+    head = f"{'variant':<14} {'thr':>3} " + " ".join(f"{s:>14}" for s in STAGES) + f" {'per face':>14}"
+    lines = ["p50/p90 ms", head, "-" * len(head)]
+    for r in rows:
+        cells = " ".join(f"{r['stages'][s]['p50_ms']:>6.2f}/{r['stages'][s]['p90_ms']:<7.2f}" for s in STAGES)
+        lines.append(
+            f"{r['variant']:<14} {r['threads']:>3} {cells} {r['per_face_p50_ms']:>6.2f}/{r['per_face_p90_ms']:<7.2f}"
+        )
+    return "\n".join(lines)
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("models", nargs="*", type=Path)
+    parser.add_argument("--pipeline", action="store_true", help="per-stage latency of the whole chain on real photos")
+    parser.add_argument("--frames", type=int, default=60, help="--pipeline: real photos to run")
+    parser.add_argument("--gallery-size", type=int, default=100, help="--pipeline: identities in the gallery")
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--json", type=Path)
     args = parser.parse_args(argv)
+    if args.pipeline:
+        try:
+            rows = []
+            for threads in args.threads:
+                rows += bench_pipeline(args.frames, threads, args.gallery_size)
+        except (FileNotFoundError, ValueError) as err:
+            print(f"edge.bench: {err}", file=sys.stderr)
+            return 2
+        report = {
+            "frames": args.frames,
+            "gallery_identities": args.gallery_size,
+            "rows": rows,
+            "peak_rss_mib": _rss_mib("VmHWM"),
+        }
+        print(format_pipeline(rows))
+        print(f"peak memory (RSS) of this process: {report['peak_rss_mib']} MiB")
+        if args.json:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=1) + "\n")
+        return 0
     paths = args.models or shipped_models()
     if not paths:
         print("error: no models given and none shipped under edge/models", file=sys.stderr)

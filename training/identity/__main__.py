@@ -94,6 +94,29 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    from edge.datasets.cfp import parse_folds
+    from training.identity.report import run_report
+
+    arms = {}
+    for item in args.arm:
+        if "=" not in item:
+            raise ValueError(f"--arm: expected NAME=CHECKPOINT, got {item!r}")
+        name, path = item.split("=", 1)
+        arms[name] = path
+    run_report(
+        arms,
+        args.dlib,
+        args.cfp_root,
+        args.test_fold,
+        parse_folds(args.calib_folds),
+        Path(args.out),
+        tuple(args.boxes),
+        args.threads,
+    )
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.identity", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -134,6 +157,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--accuracy-json", default=None, help="a JSON object of measured numbers to record in the metadata")
     p.add_argument("--name", default=None)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("report", help="ablation table: arms and dlib on the same CFP pairs")
+    p.add_argument("--arm", action="append", default=[], help="NAME=CHECKPOINT (repeat)")
+    p.add_argument("--dlib", action="store_true", help="also score dlib's face-recognition ResNet")
+    p.add_argument("--cfp-root", default=None)
+    p.add_argument("--test-fold", type=int, default=9)
+    p.add_argument("--calib-folds", default="8")
+    p.add_argument("--boxes", nargs="+", default=["fiducials", "detector"], choices=["fiducials", "detector"])
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", required=True)
+    p.set_defaults(func=cmd_report)
     return parser
 
 
