@@ -55,6 +55,7 @@ from edge.runtime.meta import meta_path_for
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 SHIPPED_LANDMARKS = PACKAGE_DIR / "models" / "landmarks" / "pipnet_light.onnx"
+SHIPPED_IDENTITY = PACKAGE_DIR / "models" / "identity" / "poseface_mfn.onnx"
 # Where a device profile named by ``profile = "NAME"`` is looked for, after the config's own
 # folder: the checkout's firmware_configs (an editable install, the tests), then the place the
 # firmware README copies them to.
@@ -224,7 +225,11 @@ class LandmarksConfig:
 
 @dataclass(frozen=True)
 class EmbeddingConfig:
-    model: Optional[Path] = _f(None, doc="identity embedding model; unset: faces are found and tracked, not named")
+    model: Optional[Path] = _f(
+        SHIPPED_IDENTITY if SHIPPED_IDENTITY.exists() else None,
+        doc="identity embedding model (default: the shipped PoseFace model); unset: faces are found and tracked, "
+        "not named",
+    )
 
 
 def _convert_providers(value: Any, key: str, ctx: _Context) -> tuple[str, ...]:

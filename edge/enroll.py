@@ -1,6 +1,6 @@
 """Enrol people into the gallery, and the photo -> face templates chain the runtime reuses.
 
-    python -m edge.enroll add NAME --images DIR [--append] --embedder-model FILE [--gallery FILE]
+    python -m edge.enroll add NAME --images DIR [--append] [--embedder-model FILE] [--gallery FILE]
     python -m edge.enroll list [--json] [--gallery FILE]
     python -m edge.enroll remove NAME [--gallery FILE]
     python -m edge.enroll export FILE [--gallery FILE]
@@ -36,11 +36,12 @@ log = logging.getLogger(__name__)
 
 EDGE_DIR = Path(__file__).resolve().parent
 LANDMARK_MODEL = EDGE_DIR / "models" / "landmarks" / "pipnet_light.onnx"
-# The identity model arrives with issue 5; until then the caller names one.
-DEFAULT_EMBEDDER_MODEL: Path | None = None
+# The shipped identity model (PoseFace, MobileFaceNet-like); the caller may name another.
+_SHIPPED_IDENTITY = EDGE_DIR / "models" / "identity" / "poseface_mfn.onnx"
+DEFAULT_EMBEDDER_MODEL: Path | None = _SHIPPED_IDENTITY if _SHIPPED_IDENTITY.exists() else None
 DEFAULT_GALLERY = Path("gallery.sqlite")  # the runtime config's default too (gallery.path)
 DETECTOR_CONFIG = {"type": "blazeface", "range": "short"}
-NO_MODEL_MESSAGE = "no identity model shipped yet (issue 5): pass --embedder-model FILE"
+NO_MODEL_MESSAGE = f"no identity model at {_SHIPPED_IDENTITY}: pass --embedder-model FILE"
 
 
 class EmbedderUnavailableError(RuntimeError):

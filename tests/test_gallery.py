@@ -602,12 +602,14 @@ def test_enrol_photos_takes_the_largest_face_per_photo_and_relative_sources(tmp_
     assert any("a.png: 2 faces, used the largest" in n for n in notes)
 
 
-def test_enroll_cli_without_an_identity_model_says_what_to_pass(tmp_path, capsys):
+def test_enroll_cli_without_an_identity_model_says_what_to_pass(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(enroll, "DEFAULT_EMBEDDER_MODEL", None)  # as on an install without the shipped model
     photos = _photos(tmp_path / "ann")
     code = enroll.main(["add", "Ann", "--images", str(photos), "--gallery", str(tmp_path / "g.sqlite")])
     err = capsys.readouterr().err.strip()
     assert code == 2
-    assert err == "edge.enroll: error: no identity model shipped yet (issue 5): pass --embedder-model FILE"
+    assert err == f"edge.enroll: error: {enroll.NO_MODEL_MESSAGE}"
+    assert "pass --embedder-model FILE" in err
     with pytest.raises(enroll.EmbedderUnavailableError):
         enroll.build_embedder({})
 

@@ -117,6 +117,21 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    from training.identity.card import write_card
+
+    evals = {"fiducials (oracle)": Path(args.eval_fiducials), "detector (device)": Path(args.eval_detector)}
+    out = write_card(
+        Path(args.model),
+        Path(args.run),
+        evals,
+        Path(args.ablation) if args.ablation else None,
+        Path(args.out) if args.out else Path(args.model).parent / "MODEL_CARD.md",
+    )
+    print(f"wrote {out}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m training.identity", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -168,6 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("card", help="write the shipped model's card from measured files")
+    p.add_argument("--model", required=True)
+    p.add_argument("--run", required=True, help="the shipped model's training run folder")
+    p.add_argument("--eval-fiducials", required=True, help="eval JSON with --boxes fiducials")
+    p.add_argument("--eval-detector", required=True, help="eval JSON with --boxes detector")
+    p.add_argument("--ablation", default=None, help="folder written by the report command")
+    p.add_argument("--out", default=None)
+    p.set_defaults(func=cmd_card)
     return parser
 
 
