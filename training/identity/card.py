@@ -82,7 +82,8 @@ def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | 
         "",
         "## Data (all real, `../shared/data`)",
         f"- CFP folds {cfg['train_cfp_folds']} (50 people a fold, 10 frontal + 4 profile photos each), LFW people "
-        f"with 2 or more photos (lfw_gray: {'yes' if cfg['use_lfw'] else 'no'}), ORL ({'yes' if cfg['use_orl'] else 'no'}).",
+        f"with 2 or more photos (lfw_gray: {'yes' if cfg['use_lfw'] else 'no'}), "
+        f"ORL ({'yes' if cfg['use_orl'] else 'no'}).",
         "- **CFP fold 9 (people 401-450) was never trained on**: it is the test fold below and calibrates the "
         "device thresholds.",
         "- Faces prepared by the device chain (`training.identity prepare`): a first box (CFP fiducials, the LFW "
