@@ -275,3 +275,57 @@ def test_edge_run_refuses_bad_input_with_one_line(tmp_path):
         [sys.executable, "-m", "edge.run", "--set", "tracker.iou=7"], capture_output=True, text=True, cwd=REPO
     )
     assert out.returncode == 2 and "tracker.iou" in out.stderr
+
+
+def test_demo_people_reports_rates_and_writes_a_contact_sheet(real_data, identity_model, tmp_path):
+    from edge import demo_people
+
+    model = identity_model
+    meta = json.loads(Path(model).with_suffix(".json").read_text())
+    if "matching_thresholds" not in meta.get("extra", {}):  # the stand-in model: give it thresholds
+        copy = tmp_path / "id.onnx"
+        shutil.copy(model, copy)
+        meta.setdefault("extra", {})["matching_thresholds"] = {
+            "version": 1,
+            "edges_deg": [15.0, 30.0, 45.0],
+            "thresholds": [0.9, 0.9, 0.9, 0.9],
+        }
+        copy.with_suffix(".json").write_text(json.dumps(meta))
+        model = copy
+    out = tmp_path / "demo"
+    code = demo_people.main(
+        [
+            "--out",
+            str(out),
+            "--enrolled",
+            "2",
+            "--strangers",
+            "1",
+            "--per-person",
+            "1",
+            "--embedder-model",
+            str(model),
+            "--threads",
+            "1",
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "people_demo.json").read_text())
+    assert report["frontal_probes"] == 2 * 9 and report["profile_probes"] == 2 * 4
+    assert report["frontal_stranger_probes"] == 10 and report["profile_stranger_probes"] == 4
+    assert 0 <= report["frontal_identification_rate"] <= 1
+    assert (out / "people_demo.png").stat().st_size > 1000
+    assert not any(p.is_file() and not p.is_symlink() for p in (out / "stream").iterdir())  # links, not copies
+    events = [json.loads(line) for line in (out / "events.jsonl").read_text().splitlines()]
+    assert sum(e["type"] == "track_ended" for e in events) == report["probes"] - report["no_face_found"]
+
+
+def test_bench_pipeline_reports_every_stage(real_data, identity_model):
+    from edge.bench import bench_pipeline, format_pipeline
+    from edge.config import SHIPPED_LANDMARKS
+    from edge.pipeline import STAGES
+
+    rows = bench_pipeline(4, 1, 5, [("onnx fp32", SHIPPED_LANDMARKS, Path(identity_model))])
+    assert rows[0]["frames"] == 4 and rows[0]["faces"] >= 3
+    assert set(rows[0]["stages"]) == set(STAGES) and rows[0]["per_face_p50_ms"] > 0
+    assert "onnx fp32" in format_pipeline(rows)
