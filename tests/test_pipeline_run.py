@@ -329,3 +329,68 @@ def test_bench_pipeline_reports_every_stage(real_data, identity_model):
     assert rows[0]["frames"] == 4 and rows[0]["faces"] >= 3
     assert set(rows[0]["stages"]) == set(STAGES) and rows[0]["per_face_p50_ms"] > 0
     assert "onnx fp32" in format_pipeline(rows)
+
+
+def _video_of_real_faces(real_data, path: Path, frames: int = 30) -> Path:
+    import cv2
+
+    from edge.imageio import read_image_bgr
+
+    image = cv2.resize(read_image_bgr(_cfp(real_data, 401, "frontal", 1)), (320, 320))
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, (320, 320))
+    for i in range(frames):  # the face drifts a little, as in a real clip
+        writer.write(np.roll(image, i, axis=1))
+    writer.release()
+    return path
+
+
+def test_edge_run_speaks_sd_notify_and_stops_cleanly_on_sigterm(real_data, identity_model, tmp_path):
+    import os
+    import signal
+    import socket
+    import time
+
+    sock_path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(sock_path))
+    sock.settimeout(60)
+    video = _video_of_real_faces(real_data, tmp_path / "clip.avi")
+    events = tmp_path / "events.jsonl"
+    env = {**os.environ, "NOTIFY_SOCKET": str(sock_path), "WATCHDOG_USEC": "2000000"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge.run",
+        "--source",
+        str(video),
+        "--set",
+        "source.loop=true",
+        "--embedder-model",
+        str(identity_model),
+        "--gallery",
+        str(tmp_path / "none.sqlite"),
+        "--set",
+        f'events.sinks=[{{type="jsonl", path="{events}"}}]',
+    ]
+    if "matching_thresholds" not in json.loads(Path(identity_model).with_suffix(".json").read_text()).get("extra", {}):
+        cmd += ["--set", "matching.thresholds=[0.9,0.9,0.9,0.9]"]
+    proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        got = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not any("WATCHDOG=1" in m for m in got):
+            got.append(sock.recv(4096).decode())
+        assert any("READY=1" in m for m in got), got
+        assert any("WATCHDOG=1" in m for m in got), got
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        sock.close()
+    assert proc.returncode == 0, err
+    lines = [json.loads(line) for line in events.read_text().splitlines()]
+    # the gallery is empty: the tracked face is unknown, and its track is ended on shutdown
+    assert any(e["type"] == "unknown_face" for e in lines)
+    assert lines[-1]["type"] == "track_ended"
+    assert len({e["track_id"] for e in lines}) == 1  # one face, one stable track across frames
