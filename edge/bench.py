@@ -158,7 +158,7 @@ def bench_pipeline(frames: int, threads: int, gallery_size: int, variants=None) 
     for pipe in pipes:  # warm-up
         for image in images[:3]:
             pipe.process(image)
-        pipe.stats.samples.clear()
+        pipe.stats.clear()
     per_face = [[] for _ in pipes]
     faces = [0 for _ in pipes]
     for image in images:

@@ -8,6 +8,7 @@ Stage latencies are measured per frame (milliseconds) and kept for health and th
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -60,14 +61,23 @@ class StageStats:
 
     window: int = 1000
     samples: dict[str, deque] = field(default_factory=dict)
+    # health reads from its own thread while the frame loop adds
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def add(self, timings: dict[str, float]) -> None:
-        for stage, ms in timings.items():
-            self.samples.setdefault(stage, deque(maxlen=self.window)).append(ms)
+        with self.lock:
+            for stage, ms in timings.items():
+                self.samples.setdefault(stage, deque(maxlen=self.window)).append(ms)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.samples.clear()
 
     def summary(self) -> dict[str, dict[str, float]]:
+        with self.lock:
+            copies = {stage: list(values) for stage, values in self.samples.items()}
         out = {}
-        for stage, values in self.samples.items():
+        for stage, values in copies.items():
             arr = np.asarray(values, dtype=np.float64)
             out[stage] = {
                 "count": int(arr.size),

@@ -32,6 +32,7 @@ from edge.config import THRESHOLDS_FROM_METADATA, ConfigError, RuntimeConfig, lo
 
 log = logging.getLogger("edge.run")
 STATUS_EVERY_S = 5.0
+PUBLISH_EVERY_S = 1.0
 GALLERY_CHECK_EVERY_S = 2.0
 
 
@@ -261,18 +262,23 @@ class Runner:
         self.source.stop()
 
     def _heartbeat(self, watchdog) -> None:
-        """While the loop waits on a source that is reconnecting, it is alive: keep the watchdog fed."""
-        step = min(1.0, (watchdog.interval_s or 1.0) / 2)
+        """While the loop waits on a source that is reconnecting, it is alive: keep the watchdog fed,
+        and keep health current (it shows the outage)."""
+        step = min(PUBLISH_EVERY_S, (watchdog.interval_s or 1.0) / 2)
         while not self.stop_event.wait(step):
-            if self.in_read.is_set() and self.source.health().get("state") == "reconnecting":
-                watchdog.beat()
+            if self.in_read.is_set():
+                if self.source.health().get("state") == "reconnecting":
+                    watchdog.beat()
+                self._publish()
 
     def run(self) -> dict:
         from edge.service import Watchdog, install_sigterm_handler, notify
 
         cfg = self.cfg
         watchdog = Watchdog.from_env(enabled=cfg.service.watchdog)
-        uninstall = install_sigterm_handler(self.stop, notify_stopping=cfg.service.notify)
+        # Signals can only be handled on the main thread (tests and embedders run us elsewhere).
+        main_thread = threading.current_thread() is threading.main_thread()
+        uninstall = install_sigterm_handler(self.stop, notify_stopping=cfg.service.notify) if main_thread else None
         if cfg.health.enabled:
             from edge.health import HealthServer
 
@@ -282,9 +288,8 @@ class Runner:
         self._publish()
         if cfg.service.notify:
             notify(READY=1, STATUS=f"running: {self.source.label}")
-        if watchdog.enabled:
-            threading.Thread(target=self._heartbeat, args=(watchdog,), name="heartbeat", daemon=True).start()
-        last_status = time.monotonic()
+        threading.Thread(target=self._heartbeat, args=(watchdog,), name="heartbeat", daemon=True).start()
+        last_status = last_publish = time.monotonic()
         try:
             while not self.stop_event.is_set():
                 self.in_read.set()
@@ -304,9 +309,11 @@ class Runner:
                     self.on_frame(frame, result)
                 watchdog.beat()
                 now = time.monotonic()
+                if now - last_publish > PUBLISH_EVERY_S:
+                    last_publish = now
+                    self._publish()
                 if now - last_status > STATUS_EVERY_S:
                     last_status = now
-                    self._publish()
                     if cfg.service.notify:
                         c = self.pipeline.counters
                         notify(STATUS=f"{c['frames']} frames, {c['faces']} faces, {c['recognised']} recognised")
@@ -321,7 +328,8 @@ class Runner:
             self._publish()
             if self.health_server is not None:
                 self.health_server.close()
-            uninstall()
+            if uninstall is not None:
+                uninstall()
         return self.summary()
 
     def _emit(self, event) -> None:

@@ -394,3 +394,52 @@ def test_edge_run_speaks_sd_notify_and_stops_cleanly_on_sigterm(real_data, ident
     assert any(e["type"] == "unknown_face" for e in lines)
     assert lines[-1]["type"] == "track_ended"
     assert len({e["track_id"] for e in lines}) == 1  # one face, one stable track across frames
+
+
+def test_runner_reports_a_camera_outage_in_health_and_resumes(identity_model, tmp_path):
+    import threading
+    import time
+
+    from edge.config import load_config
+    from edge.run import Runner
+    from tests.test_sources import MjpegServer
+
+    server = MjpegServer(fps=20).start()
+    overrides = {
+        "source.type": "http",
+        "source.uri": server.url(),
+        "source.reconnect_initial_s": 0.1,
+        "source.reconnect_max_s": 0.2,
+        "embedding.model": str(identity_model),
+        "matching.thresholds": [0.9, 0.9, 0.9, 0.9],
+        "gallery.path": str(tmp_path / "none.sqlite"),
+        "events.sinks": [{"type": "jsonl", "path": str(tmp_path / "events.jsonl")}],
+        "service.notify": False,
+    }
+    runner = Runner(load_config(None, overrides=overrides))
+    thread = threading.Thread(target=runner.run, daemon=True)
+    thread.start()
+
+    def wait_for(check, timeout=30.0):
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            snap = runner.snapshot()
+            if snap and check(snap):
+                return snap
+            time.sleep(0.05)
+        raise AssertionError(f"timed out; last health: {runner.snapshot()}")
+
+    try:
+        wait_for(lambda s: s["counters"]["frames"] >= 3)
+        server.cut()
+        snap = wait_for(lambda s: s["source"]["state"] == "reconnecting")
+        assert snap["status"] == "degraded" and snap["source"]["outages"] == 1
+        frames_during_outage = snap["counters"]["frames"]
+        server.restore()
+        snap = wait_for(lambda s: s["source"]["reconnects"] >= 1 and s["counters"]["frames"] > frames_during_outage + 2)
+        assert snap["status"] == "ok" and snap["source"]["outage_seconds"] > 0
+    finally:
+        runner.stop()
+        thread.join(timeout=30)
+        server.cut()
+    assert not thread.is_alive()
