@@ -334,3 +334,25 @@ def test_train_run_folder_and_resume(orl_cache, tmp_path):
     train(dataclasses.replace(cfg, epochs=2), run)  # resumes at epoch 2
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [1, 2]
+
+
+def test_select_training_keeps_fold_9_out_and_drops_overlapping_lfw_people(tmp_path):
+    from training.identity.data import select_training
+
+    n = 6
+    cache = {
+        "source": np.array(["cfp", "cfp", "cfp", "lfw", "lfw", "orl"]),
+        "fold": np.array([1, 8, 9, 0, 0, 0]),
+        "person": np.array(["cfp/001", "cfp/351", "cfp/401", "lfw/Ann_A", "lfw/Bob_B", "orl/s1"]),
+        "images": np.zeros((n, 112, 112, 3), np.uint8),
+        "pose": np.zeros((n, 3), np.float32),
+        "landmarks": np.zeros((n, 68, 2), np.float32),
+        "profile": np.zeros(n, bool),
+    }
+    overlap = tmp_path / "overlap.json"
+    overlap.write_text(json.dumps({"matches": [{"lfw": "Bob_B", "cfp_identity": 401, "distance": 0.3}]}))
+    cfg = IdentityTrainConfig(train_cfp_folds=(1, 8), val_cfp_folds=(), exclude_lfw_people_file=str(overlap))
+    data = select_training(cache, cfg)
+    assert data.classes == ["cfp/001", "cfp/351", "lfw/Ann_A", "orl/s1"]
+    with pytest.raises(ValueError, match="exclude_lfw_people_file"):
+        select_training(cache, dataclasses.replace(cfg, exclude_lfw_people_file=str(tmp_path / "none.json")))

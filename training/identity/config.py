@@ -28,6 +28,8 @@ class IdentityTrainConfig:
     train_cfp_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
     use_lfw: bool = True
     use_orl: bool = True
+    # LFW people who are probably CFP test people (training.identity.overlap's report): left out
+    exclude_lfw_people_file: str = ""
     val_cfp_folds: tuple[int, ...] = (8,)  # verification on these folds after every epoch (model choice)
     # network
     trunk: str = "mobilefacenet"

@@ -65,6 +65,8 @@ def select_training(cache: dict[str, np.ndarray], cfg: IdentityTrainConfig) -> T
         keep |= src == "lfw"
     if cfg.use_orl:
         keep |= src == "orl"
+    if cfg.use_lfw and cfg.exclude_lfw_people_file:
+        keep &= ~np.isin(cache["person"], [f"lfw/{n}" for n in excluded_lfw_people(cfg.exclude_lfw_people_file)])
     idx = np.flatnonzero(keep)
     classes = sorted(set(cache["person"][idx].tolist()))
     lookup = {c: i for i, c in enumerate(classes)}
@@ -72,6 +74,23 @@ def select_training(cache: dict[str, np.ndarray], cfg: IdentityTrainConfig) -> T
     return TrainingSet(
         cache["images"][idx], labels, cache["pose"][idx], cache["landmarks"][idx], cache["profile"][idx], classes
     )
+
+
+def excluded_lfw_people(path: str) -> list[str]:
+    """LFW names from an overlap report (``{"matches": [{"lfw": NAME, ...}]}``)."""
+    import json
+    from pathlib import Path
+
+    file = Path(path)
+    if not file.is_absolute() and not file.exists():
+        file = Path(__file__).resolve().parents[2] / path  # relative to the repository
+    try:
+        data = json.loads(file.read_text())
+        return [m["lfw"] for m in data["matches"]]
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise ValueError(
+            f"exclude_lfw_people_file {path}: expected an overlap report with matches[].lfw ({err})"
+        ) from None
 
 
 def pose_target(pose: np.ndarray, landmarks: np.ndarray, kind: str) -> np.ndarray:
