@@ -30,6 +30,16 @@ The PoseFace paper gives no formulas we could verify; these choices are ours:
 """
 
 
+def recipe_name(cfg: dict) -> str:
+    head = {"arcface": "ArcFace", "cosface": "CosFace", "sphereface": "SphereFace", "paa": "Pose-Adaptive ArcFace"}
+    parts = [head.get(cfg["head"], cfg["head"])]
+    if cfg.get("pose_weight"):
+        parts.append("the PoseFace pose branch" + (" with orthogonality" if cfg.get("orthogonality_weight") else ""))
+    if cfg.get("regularface_weight"):
+        parts.append("RegularFace")
+    return " + ".join(parts)
+
+
 def _pct(v) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
@@ -69,9 +79,9 @@ def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | 
     parts = [
         f"# Identity model card: {model.name}",
         "",
-        "A pose-robust face embedding for the device: PoseFace (Pose-Adaptive ArcFace margin, pose branch with an "
-        "orthogonality constraint) with RegularFace, trained from scratch by `python -m training.identity train` "
-        "on this machine's CPU. Only the identity path is exported.",
+        f"A face embedding for the device, trained from scratch by `python -m training.identity train` on this "
+        f"machine's CPU with {recipe_name(cfg)}: the ablation arm that scored best on our validation fold (CFP fold "
+        "8; table below). Only the identity path is exported.",
         "",
         "## The model",
         f"- {meta.extra.get('trunk')} width {meta.extra.get('width')}, {meta.extra.get('parameters')} parameters in "
@@ -92,7 +102,8 @@ def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | 
         "person in both would make fold 9 slightly easier.",
         "",
         "## Recipe",
-        f"`training/identity/configs/shipped_cpu.toml`: head `{cfg['head']}`, pose weight {cfg['pose_weight']}, "
+        f"`training/identity/configs/shipped_cpu.toml` ({recipe_name(cfg)}): head `{cfg['head']}`, "
+        f"pose weight {cfg['pose_weight']}, "
         f"orthogonality {cfg['orthogonality_weight']}, RegularFace {cfg['regularface_weight']}, {cfg['epochs']} "
         f"epochs, batch {cfg['batch_size']}, SGD lr {cfg['lr']} (1 epoch warm-up, cosine to 0), weight decay "
         f"{cfg['weight_decay']}, {cfg['threads']} thread(s); {hours:.2f} h on this machine. Augmentation: flip "
