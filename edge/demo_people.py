@@ -7,8 +7,9 @@ CFP fold 9 (people 401-450: no shipped model trained on them) provides everythin
 - the first ``--enrolled`` people are enrolled from ``--per-person`` frontal photos each;
 - the probe stream is every other photo of theirs (the remaining frontal and all four profile
   photos), plus photos of ``--strangers`` people who are not enrolled;
-- the stream is an image folder of symbolic links (no face image is copied), run through
-  :class:`edge.run.Runner` exactly as ``python -m edge.run --source DIR`` runs it.
+- the stream is an image folder of symbolic links (no face image is copied), run by
+  ``python -m edge.run --source DIR --gallery FILE`` exactly as a user runs it; the events it
+  writes (JSON lines) are scored against the truth.
 Prints the events and a summary (identification rate for frontal and for profile probes, false
 accepts of strangers, per-stage latency) and writes ``<out>/people_demo.png`` (a contact sheet),
 ``<out>/people_demo.json`` and ``<out>/events.jsonl``.
@@ -20,13 +21,13 @@ import argparse
 import json
 import os
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 
-from edge.config import load_config
 from edge.datasets.root import DataNotFoundError, require_data_root
 
 DEFAULT_IDENTITY = Path(__file__).parent / "models" / "identity" / "poseface_mfn.onnx"
@@ -66,10 +67,10 @@ def contact_sheet(tiles: list[np.ndarray], columns: int = 10) -> np.ndarray:
     return np.vstack([np.hstack(r + [blank] * (columns - len(r))) for r in rows])
 
 
-def tile(image: np.ndarray, face, label: str, colour, size: int = 128) -> np.ndarray:
+def tile(image: np.ndarray, box, label: str, colour, size: int = 128) -> np.ndarray:
     h, w = image.shape[:2]
-    if face is not None:
-        x1, y1, x2, y2 = face.box
+    if box is not None:
+        x1, y1, x2, y2 = box
         cx, cy, side = (x1 + x2) / 2, (y1 + y2) / 2, max(x2 - x1, y2 - y1) * 1.4
         x1, y1 = int(max(cx - side / 2, 0)), int(max(cy - side / 2, 0))
         x2, y2 = int(min(cx + side / 2, w)), int(min(cy + side / 2, h))
@@ -106,7 +107,6 @@ def main(argv=None) -> int:
     from edge.enroll import build_embedder, enrol_photos
     from edge.gallery import Gallery
     from edge.imageio import read_image_bgr
-    from edge.run import Runner
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -125,45 +125,60 @@ def main(argv=None) -> int:
             gallery.add_identity(name, templates)
     print(f"enrolled {len(enrol_dirs)} people from {args.per_person} frontal photo(s) each -> {gallery_path}")
 
-    cfg = load_config(
-        None,
-        overrides={
-            "source.type": "folder",
-            "source.path": str((out / "stream").absolute()),
-            "gallery.path": str(gallery_path.absolute()),
-            "embedding.model": str(model.absolute()),
-            "runtime.threads": args.threads,
-            "events.sinks": [{"type": "jsonl", "path": str((out / "events.jsonl").absolute())}],
-        },
-    )
-    (out / "events.jsonl").unlink(missing_ok=True)
-    outcomes: dict[str, dict] = {}
-    tiles = []
+    # The runtime exactly as a user starts it, on the folder of stills.
+    events_path, summary_path = out / "events.jsonl", out / "run_summary.json"
+    events_path.unlink(missing_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        "edge.run",
+        "--source",
+        str((out / "stream").absolute()),
+        "--gallery",
+        str(gallery_path.absolute()),
+        "--embedder-model",
+        str(model.absolute()),
+        "--set",
+        f"runtime.threads={args.threads}",
+        "--set",
+        f'events.sinks=[{{type="jsonl", path="{events_path.absolute()}"}}]',
+        "--summary-json",
+        str(summary_path.absolute()),
+        "--log-level",
+        "WARNING",
+    ]
+    print("running: python -m edge.run --source", out / "stream", "--gallery", gallery_path, "...")
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        print(f"edge.demo_people: edge.run failed: {done.stderr.strip().splitlines()[-1:]}", file=sys.stderr)
+        return 2
+    summary = json.loads(summary_path.read_text())
+    events = [json.loads(line) for line in events_path.read_text().splitlines()]
+    for line in events_path.read_text().splitlines()[:8]:
+        print(line)
+    print(f"... {len(events)} events in {events_path}")
 
-    def on_frame(frame, result):
-        want, view = truth[frame.name]
-        face = max(result.faces, key=lambda f: (f.box[2] - f.box[0]) * (f.box[3] - f.box[1]), default=None)
-        said = face.identity if face is not None else None
-        outcomes[frame.name] = {
-            "truth": want,
-            "view": view,
-            "said": said,
-            "found": face is not None,
-            "yaw": None if face is None else round(float(face.yaw), 1),
-        }
+    # Each still's faces end their tracks with the frame: track_ended carries the decision.
+    outcomes: dict[str, dict] = {
+        name: {"truth": t, "view": v, "said": None, "found": False, "yaw": None, "box": None}
+        for name, (t, v) in truth.items()
+    }
+    for e in events:
+        if e["type"] != "track_ended" or e["frame"] not in outcomes:
+            continue
+        o = outcomes[e["frame"]]
+        area = (e["box"][2] - e["box"][0]) * (e["box"][3] - e["box"][1])
+        if o["box"] is None or area > (o["box"][2] - o["box"][0]) * (o["box"][3] - o["box"][1]):
+            o.update(said=e["identity"], found=True, yaw=e["yaw"], box=e["box"])
+    tiles = []
+    for name, o in sorted(outcomes.items())[:: max(1, len(outcomes) // 120)][:120]:
+        want, said = o["truth"], o["said"]
         if want is None:
             colour = (0, 0, 255) if said else (160, 160, 160)
         else:
             colour = (0, 200, 0) if said == want else (0, 0, 255) if said else (0, 200, 255)
-        if len(tiles) < 120:
-            label = f"{said or 'unknown'} {'' if face is None else f'{face.yaw:+.0f}d'}"
-            tiles.append(tile(read_image_bgr(out / "stream" / frame.name), face, label, colour))
-
-    runner = Runner(cfg, on_frame=on_frame)
-    summary = runner.run()
-    for line in (out / "events.jsonl").read_text().splitlines()[:12]:
-        print(line)
-    print("...")
+        label = f"{said or 'unknown'} {'' if o['yaw'] is None else format(o['yaw'], '+.0f') + 'd'}"
+        tiles.append(tile(read_image_bgr(out / "stream" / name), o["box"], label, colour))
 
     def rate(view: str, enrolled_people: bool):
         rows = [o for o in outcomes.values() if o["view"] == view and (o["truth"] is not None) == enrolled_people]
