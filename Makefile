@@ -10,13 +10,16 @@ $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 
 # The main job, on the embedded default: check the real data under ../shared/data (or
-# $$POSEFACE_DATA), score the shipped face detector on real CFP photos (fold 1), then run the
-# device chain (detector -> shipped PIPNet -> head pose) on real photos: annotated PNG + NME.
+# $$POSEFACE_DATA), score the shipped face detector on real CFP photos (fold 1), run the
+# device chain (detector -> shipped PIPNet -> head pose) on real photos (annotated PNG + NME),
+# then python -m edge.run recognising CFP fold-9 people (never trained on) from the front and
+# the side with the shipped identity model (contact sheet, identification rates, latency).
 demo: $(BIN)/python
 	$(BIN)/pip install -q -e .
 	$(BIN)/python -m training.data check
 	$(BIN)/python -m edge.detect.cfp_recall --folds 1 --json $(OUT)/demo/detector_cfp_fold1.json
 	$(BIN)/python -m edge.demo --out $(OUT)/demo
+	$(BIN)/python -m edge.demo_people --out $(OUT)/demo
 
 test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,dev,baseline]'

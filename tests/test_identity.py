@@ -356,3 +356,50 @@ def test_select_training_keeps_fold_9_out_and_drops_overlapping_lfw_people(tmp_p
     assert data.classes == ["cfp/001", "cfp/351", "lfw/Ann_A", "orl/s1"]
     with pytest.raises(ValueError, match="exclude_lfw_people_file"):
         select_training(cache, dataclasses.replace(cfg, exclude_lfw_people_file=str(tmp_path / "none.json")))
+
+
+def test_distillation_from_the_dlib_teacher_on_real_faces(orl_cache):
+    pytest.importorskip("dlib")
+    from training.identity.data import IdentityDataset, identity_meta, select_training
+    from training.identity.prepare import load_cache
+    from training.identity.teacher import TEACHER_FILE, teacher_embeddings
+    from training.identity.train import build_net, loss_terms
+
+    out, _ = orl_cache
+    with np.load(out / "orl.npz") as z:
+        emb, ok = teacher_embeddings(z["images"], z["landmarks"], progress=False)
+        people = z["person"]
+    assert ok.all() and np.allclose(np.linalg.norm(emb, axis=1), 1, atol=1e-5)
+    # the teacher separates these real people: same-person cosines above different-person ones
+    s = emb @ emb.T
+    same = people[:, None] == people[None, :]
+    off = ~np.eye(len(people), dtype=bool)
+    assert s[same & off].mean() > s[~same].mean() + 0.05
+    np.savez(out / TEACHER_FILE.format(source="orl"), embeddings=emb, ok=ok)
+
+    cfg = IdentityTrainConfig(
+        cache=str(out),
+        train_cfp_folds=(),
+        val_cfp_folds=(),
+        use_lfw=False,
+        width=0.25,
+        distill_weight=1.0,
+        batch_size=16,
+    )
+    data = select_training(load_cache(out, ("orl",), teacher=True), cfg)
+    ds = IdentityDataset(data, cfg, identity_meta(cfg))
+    batch = ds.collate([ds[i] for i in range(16)])
+    torch.manual_seed(0)
+    net = build_net(cfg)
+    head = build_head(cfg.head, cfg.embedding_dim, len(data.classes))
+    opt = torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=0.05, momentum=0.9)
+    first = None
+    for _ in range(10):
+        terms = loss_terms(cfg, net, head, batch)
+        first = first if first is not None else terms["distill"].item()
+        opt.zero_grad()
+        terms["total"].backward()
+        opt.step()
+    assert terms["distill"].item() < first
+    with pytest.raises(ValueError, match="embedding_dim"):
+        IdentityTrainConfig(distill_weight=1.0, embedding_dim=64)

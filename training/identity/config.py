@@ -44,6 +44,9 @@ class IdentityTrainConfig:
     pose_weight: float = 0.0  # PoseFace pose branch (0 = no branch)
     pose_target: str = "angles+landmarks"  # angles | landmarks | angles+landmarks
     orthogonality_weight: float = 0.0
+    # distillation (training only): 1 - cos(embedding, dlib teacher embedding) per face, weight
+    # (0 = off); needs training.identity.teacher's files in the cache and embedding_dim = 128
+    distill_weight: float = 0.0
     # optimisation
     batch_size: int = 128
     epochs: int = 20
@@ -63,6 +66,8 @@ class IdentityTrainConfig:
             raise ValueError("val_cfp_folds must not overlap train_cfp_folds")
         if self.pose_target not in ("angles", "landmarks", "angles+landmarks"):
             raise ValueError(f"pose_target: expected angles, landmarks or angles+landmarks, got {self.pose_target!r}")
+        if self.distill_weight and self.embedding_dim != 128:
+            raise ValueError("distill_weight: the dlib teacher's embedding has 128 values: set embedding_dim = 128")
         if self.orthogonality_weight and not self.pose_weight:
             raise ValueError("orthogonality_weight needs the pose branch (pose_weight > 0)")
 

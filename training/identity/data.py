@@ -53,6 +53,7 @@ class TrainingSet:
     landmarks: np.ndarray  # (N, 68, 2) aligned pixels
     profile: np.ndarray  # (N,) bool
     classes: list[str]
+    teacher: np.ndarray | None = None  # (N, 128) unit vectors (distillation), NaN rows where dlib failed
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -71,8 +72,18 @@ def select_training(cache: dict[str, np.ndarray], cfg: IdentityTrainConfig) -> T
     classes = sorted(set(cache["person"][idx].tolist()))
     lookup = {c: i for i, c in enumerate(classes)}
     labels = np.array([lookup[p] for p in cache["person"][idx]], dtype=np.int64)
+    teacher = None
+    if "teacher" in cache:
+        teacher = cache["teacher"][idx].astype(np.float32)
+        teacher[~cache["teacher_ok"][idx]] = np.nan
     return TrainingSet(
-        cache["images"][idx], labels, cache["pose"][idx], cache["landmarks"][idx], cache["profile"][idx], classes
+        cache["images"][idx],
+        labels,
+        cache["pose"][idx],
+        cache["landmarks"][idx],
+        cache["profile"][idx],
+        classes,
+        teacher,
     )
 
 
@@ -152,15 +163,17 @@ class IdentityDataset(torch.utils.data.Dataset):
         image, pose, pts = augment_face(
             self.data.images[i], self.data.pose[i], self.data.landmarks[i], self.cfg.augment, rng
         )
-        return image, int(self.data.labels[i]), pose, pts
+        return image, int(self.data.labels[i]), pose, pts, i
 
     def collate(self, items):
-        images, labels, pose, pts = zip(*items)
+        images, labels, pose, pts, index = zip(*items)
         out = {
             "image": torch.from_numpy(preprocess(list(images), self.meta)),
             "label": torch.tensor(labels, dtype=torch.int64),
             "yaw": torch.tensor(np.array([p[0] for p in pose]), dtype=torch.float32),
         }
+        if self.cfg.distill_weight:
+            out["teacher"] = torch.from_numpy(self.data.teacher[list(index)])
         if self.cfg.pose_dim:
             target = np.stack([pose_target(p, q, self.cfg.pose_target) for p, q in zip(pose, pts)])
             out["pose"] = torch.from_numpy(target)

@@ -112,8 +112,9 @@ def prepare_cache(out_dir: Path, data_root=None, landmark_model=None, sources=SO
     return summary
 
 
-def load_cache(cache_dir: Path, sources=SOURCES) -> dict[str, np.ndarray]:
-    """All sources' arrays concatenated (with ``source`` added)."""
+def load_cache(cache_dir: Path, sources=SOURCES, teacher: bool = False) -> dict[str, np.ndarray]:
+    """All sources' arrays concatenated (with ``source`` added; with ``teacher``, the dlib
+    teacher's ``teacher`` (N, 128) and ``teacher_ok`` (N,) too)."""
     parts = []
     for source in sources:
         path = Path(cache_dir) / f"{source}.npz"
@@ -123,6 +124,14 @@ def load_cache(cache_dir: Path, sources=SOURCES) -> dict[str, np.ndarray]:
             )
         with np.load(path) as z:
             part = {k: z[k] for k in z.files}
+        if teacher:
+            tpath = Path(cache_dir) / f"teacher_dlib_{source}.npz"
+            if not tpath.exists():
+                raise FileNotFoundError(
+                    f"{tpath}: no teacher embeddings: run python -m training.identity.teacher --cache {cache_dir}"
+                )
+            with np.load(tpath) as z:
+                part["teacher"], part["teacher_ok"] = z["embeddings"], z["ok"]
         part["source"] = np.full(len(part["person"]), source)
         parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

@@ -83,6 +83,11 @@ def loss_terms(cfg, net, head, batch) -> dict[str, torch.Tensor]:
         terms["regular"] = cfg.regularface_weight * exclusive_regularizer(head.weight, classes)
     if cfg.pose_weight:
         terms["pose"] = cfg.pose_weight * F.mse_loss(pose, batch["pose"])
+    if cfg.distill_weight:
+        teacher = batch["teacher"]
+        ok = torch.isfinite(teacher).all(dim=1)
+        cos = F.cosine_similarity(emb[ok], teacher[ok], dim=1)
+        terms["distill"] = cfg.distill_weight * (1.0 - cos).mean() if ok.any() else emb.sum() * 0.0
     if cfg.orthogonality_weight:
         terms["orth"] = cfg.orthogonality_weight * orthogonality_loss(net.id_proj.weight, net.pose_proj.weight)
     terms["total"] = sum(terms.values())
@@ -100,7 +105,7 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
         cfp_root = Path(data_root) / "cfp" if data_root else require_data_root("cfp")
     torch.set_num_threads(cfg.threads)
     torch.manual_seed(cfg.seed)
-    cache = load_cache(Path(cfg.cache), cache_sources(cfg))
+    cache = load_cache(Path(cfg.cache), cache_sources(cfg), teacher=bool(cfg.distill_weight))
     data = select_training(cache, cfg)
     meta = identity_meta(cfg)
     write_json(run_dir / "config.json", to_dict(cfg))
