@@ -382,6 +382,9 @@ def test_edge_run_speaks_sd_notify_and_stops_cleanly_on_sigterm(real_data, ident
             got.append(sock.recv(4096).decode())
         assert any("READY=1" in m for m in got), got
         assert any("WATCHDOG=1" in m for m in got), got
+        # let the face be decided (min_hits frames) before stopping; the jsonl sink writes as it goes
+        while time.monotonic() < deadline and not (events.exists() and "unknown_face" in events.read_text()):
+            time.sleep(0.05)
         proc.send_signal(signal.SIGTERM)
         out, err = proc.communicate(timeout=60)
     finally:
