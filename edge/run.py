@@ -231,6 +231,11 @@ class Runner:
         self.bad_frames = 0
         self.in_read = threading.Event()
         self.health_server = None
+        self.face_store = None
+        if cfg.privacy.store_face_images:
+            from edge.face_store import FaceStore
+
+            self.face_store = FaceStore(cfg.privacy.face_images_dir, cfg.privacy.retention_days)
         self._snapshot: dict = {}
         self._lock = threading.Lock()
 
@@ -305,6 +310,8 @@ class Runner:
                     continue
                 for event in result.events:
                     self._emit(event)
+                if self.face_store is not None:
+                    self._store_faces(result)
                 if self.on_frame is not None:
                     self.on_frame(frame, result)
                 watchdog.beat()
@@ -331,6 +338,17 @@ class Runner:
             if uninstall is not None:
                 uninstall()
         return self.summary()
+
+    def _store_faces(self, result) -> None:
+        """Only with privacy.store_face_images: the aligned crop behind each recognised / unknown event."""
+        faces = {f.track_id: f for f in result.faces}
+        for event in result.events:
+            face = faces.get(event.track_id)
+            if event.type in ("recognised", "unknown_face") and face is not None:
+                try:
+                    self.face_store.save(face.aligned, event.track_id, event.type, event.identity)
+                except OSError as err:  # a full disk must not stop recognition
+                    log.warning("face crop not stored: %s", err)
 
     def _emit(self, event) -> None:
         self.events_by_type[event.type] = self.events_by_type.get(event.type, 0) + 1

@@ -446,3 +446,49 @@ def test_runner_reports_a_camera_outage_in_health_and_resumes(identity_model, tm
         thread.join(timeout=30)
         server.cut()
     assert not thread.is_alive()
+
+
+def test_face_store_writes_only_when_asked_and_prunes_by_retention(tmp_path):
+    import os
+    import time
+
+    from edge.face_store import FaceStore
+
+    now = [time.time()]
+    store = FaceStore(tmp_path / "faces", retention_days=2, clock=lambda: now[0])
+    path = store.save(np.zeros((112, 112, 3), np.uint8), 7, "recognised", "Ann/../x y")
+    assert path.parent.parent == tmp_path / "faces" and "track7_recognised_Ann_.._x_y" in path.name
+    assert oct(path.stat().st_mode & 0o777) == "0o600" and not list(path.parent.glob("*.tmp"))
+    old = time.time() - 3 * 86400
+    os.utime(path, (old, old))
+    assert store.prune() == 1 and not any((tmp_path / "faces").iterdir())
+
+
+def test_edge_run_stores_face_crops_only_when_configured(real_data, identity_model, tmp_path):
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(_cfp(real_data, 401, "frontal", 1), photos / "a.jpg")
+    base = [
+        sys.executable,
+        "-m",
+        "edge.run",
+        "--source",
+        str(photos),
+        "--embedder-model",
+        str(identity_model),
+        "--gallery",
+        str(tmp_path / "none.sqlite"),
+    ]
+    if "matching_thresholds" not in json.loads(Path(identity_model).with_suffix(".json").read_text()).get("extra", {}):
+        base += ["--set", "matching.thresholds=[0.9,0.9,0.9,0.9]"]
+    subprocess.run(base, check=True, capture_output=True, cwd=REPO)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["photos"]  # nothing written by default
+    faces = tmp_path / "faces"
+    subprocess.run(
+        base + ["--set", "privacy.store_face_images=true", "--set", f"privacy.face_images_dir={faces}"],
+        check=True,
+        capture_output=True,
+        cwd=REPO,
+    )
+    crops = list(faces.glob("*/*.jpg"))
+    assert len(crops) == 1 and "unknown_face" in crops[0].name
