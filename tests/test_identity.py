@@ -403,3 +403,51 @@ def test_distillation_from_the_dlib_teacher_on_real_faces(orl_cache):
     assert terms["distill"].item() < first
     with pytest.raises(ValueError, match="embedding_dim"):
         IdentityTrainConfig(distill_weight=1.0, embedding_dim=64)
+
+
+def test_eval_cli_names_absent_folds_and_scores_the_shipped_model(real_data, tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    model = repo / "edge" / "models" / "identity" / "poseface_mfn.onnx"
+    cmd = [
+        sys.executable,
+        "-m",
+        "training.identity",
+        "eval",
+        "--model",
+        str(model),
+        "--cfp-root",
+        str(real_data / "cfp"),
+    ]
+    out = subprocess.run(cmd + ["--test-fold", "10", "--calib-folds", "8"], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "fold(s) 10 not found" in out.stderr
+    out = subprocess.run(cmd + ["--test-fold", "9", "--calib-folds", "9"], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "thresholds must come from other folds" in out.stderr
+    report_path = tmp_path / "eval.json"
+    subprocess.run(
+        cmd
+        + [
+            "--test-fold",
+            "9",
+            "--calib-folds",
+            "8",
+            "--boxes",
+            "fiducials",
+            "--json",
+            str(report_path),
+            "--roc",
+            str(tmp_path / "roc.png"),
+        ],
+        check=True,
+        capture_output=True,
+        cwd=repo,
+    )
+    report = json.loads(report_path.read_text())
+    shipped = json.loads(model.with_suffix(".json").read_text())
+    # the number in the metadata is what this CLI measures on the real pairs
+    assert report["FP"]["accuracy"] == pytest.approx(shipped["accuracy"]["cfp_fold9_fp_acc_fiducials"], abs=0.01)
+    assert set(report["FP"]["per_probe_yaw"]) >= {"0-30", "30-60", "60-90"}
+    assert (tmp_path / "roc.png").stat().st_size > 1000

@@ -68,12 +68,32 @@ def eval_table(reports: dict[str, dict]) -> str:
     return "\n".join(lines)
 
 
-def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | None, out: Path) -> Path:
+def record_accuracy(model: Path, reports: dict[str, dict]) -> dict:
+    """Write the measured fold-9 numbers into the model's metadata ``accuracy`` (atomically)."""
+    import dataclasses
+
+    from edge.runtime.meta import save_meta
+
+    acc: dict = {}
+    for name, r in reports.items():
+        tag = "fiducials" if name.startswith("fiducials") else "detector"
+        fold = r["test_fold"]
+        for p in ("FF", "FP"):
+            acc[f"cfp_fold{fold}_{p.lower()}_acc_{tag}"] = round(r[p]["accuracy"], 4)
+            acc[f"cfp_fold{fold}_{p.lower()}_tar@far=1e-3_{tag}"] = round(r[p]["dense"]["tar@far=0.001"], 4)
+            acc[f"cfp_fold{fold}_{p.lower()}_eer_{tag}"] = round(r[p]["dense"]["eer"], 4)
     meta = load_meta(model.with_suffix(".json"))
+    save_meta(dataclasses.replace(meta, accuracy=acc), model.with_suffix(".json"))
+    return acc
+
+
+def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | None, out: Path) -> Path:
     cfg = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
     hours = sum(r["seconds"] for r in rows) / 3600
     reports = {name: json.loads(Path(p).read_text()) for name, p in evals.items()}
+    record_accuracy(model, reports)
+    meta = load_meta(model.with_suffix(".json"))
     thresholds = meta.extra.get("matching_thresholds")
     calib = meta.extra.get("matching_calibration", {})
     parts = [
