@@ -176,11 +176,12 @@ def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | 
         parts.append("")
     parts += [
         "## Where it falls short",
-        "- It is far below dlib's ResNet on the same pairs (a 21 MiB model trained on ~3M faces): with ~15k "
-        "training faces (most LFW people have 2-3 photos) and about an hour of CPU, our from-scratch models "
-        "underfit (the margin loss is still falling at the end). The goals of issue 5 (beat dlib on CFP-FP; "
-        "PoseFace 2 points above ArcFace) are not met: in the equal-budget ablation the five arms lie within "
-        "the noise of 700 pairs of each other.",
+        "- It is far below dlib's ResNet on the same pairs (a 21 MiB model trained on ~3M faces). The limit is "
+        "data: ~15k training faces, most LFW people with 2-3 photos. Longer training overfits rather than helps: "
+        "ArcFace + RegularFace at width 0.5 for 12 epochs peaked on fold 8 at epoch 5 (0.768) and fell to 0.739 "
+        "by epoch 12, and this 18-epoch model (no validation fold left to stop on) scores lower on FF than the "
+        "6-epoch arms. The goals of issue 5 (beat dlib on CFP-FP; PoseFace 2 points above ArcFace) are not met: "
+        "in the equal-budget ablation the arms lie within the noise of 700 pairs of each other.",
         "- At the calibrated false-accept rate of 1e-3 it accepts only a small share of genuine probes (table "
         "above): on a device it mostly leaves people unknown rather than confusing them.",
         "",
