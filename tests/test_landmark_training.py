@@ -18,9 +18,9 @@ from edge.runtime.runner import load_model
 from training.config import to_dict
 from training.landmarks.augment import AugmentConfig, crop_for_training
 from training.landmarks.config import LandmarkTrainConfig
-from training.landmarks.evaluate import TorchRunner
 from training.landmarks.meta import landmark_meta
 from training.landmarks.model import PipNet
+from training.nn.runner import TorchRunner
 
 TINY = LandmarkTrainConfig(backbone="mobilenetv2", backbone_options={"width": 0.25, "last_channels": 0}, input_size=64)
 

@@ -19,12 +19,10 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edge.datasets.cfp import CFP_FOLD_SIZE, cfp_photos, fiducial_box, fold_identities, fold_pairs, read_fiducials
+from edge.datasets.cfp import cfp_photos, fiducial_box, fold_identities, fold_pairs, read_fiducials
 from edge.faces import embed_batch, prepare_faces, prepare_largest_face, rough_crop_box
 from edge.imageio import read_image_bgr
 from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
-from edge.runtime.meta import ModelMeta
-from edge.runtime.runner import ModelRunner
 
 YAW_BINS = (0.0, 30.0, 60.0, 90.0)
 MISSING_SCORE = -1.0
@@ -34,22 +32,6 @@ PROTOCOLS = ("FF", "FP")
 def photo_key(path) -> str:
     """``<id>/<view>/<nn>.jpg``: the same key for a protocol path and a cache path."""
     return "/".join(Path(path).parts[-3:])
-
-
-class TorchEmbedRunner(ModelRunner):
-    """A torch identity net behind the edge runner interface (output ``embedding``)."""
-
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta):
-        super().__init__(Path(f"<torch {meta.name}>"), meta)
-        self.model = model
-
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            out = self.model(torch.from_numpy(batch))
-        self.model.train(was_training)
-        return [out.float().numpy()]
 
 
 class FaceTable:
@@ -293,10 +275,11 @@ def load_embedder(model: Path, threads: int = 1):
         raise FileNotFoundError(f"--model {model}: no such file")
     if model.suffix == ".pt":
         from training.identity.train import load_checkpoint
+        from training.nn.runner import TorchRunner
 
         net, meta, _ = load_checkpoint(model)
         torch.set_num_threads(threads)
-        return TorchEmbedRunner(net, meta)
+        return TorchRunner(net, meta)
     from edge.runtime.runner import load_model
 
     return load_model(model, threads=threads)
@@ -307,7 +290,3 @@ def cache_face_table(runner, cache: dict, folds: Sequence[int]) -> FaceTable:
     sel = np.flatnonzero((cache["source"] == "cfp") & np.isin(cache["fold"], folds))
     keys = [photo_key(p) for p in cache["path"][sel]]
     return FaceTable(keys, embed_batch(runner, cache["images"][sel], batch_size=64), cache["pose"][sel, 0])
-
-
-def fold_of_identity(identity: int) -> int:
-    return (identity - 1) // CFP_FOLD_SIZE + 1

@@ -27,11 +27,12 @@ from edge.runtime.meta import ModelMeta, meta_from_dict
 from training.config import from_dict, to_dict
 from training.identity.config import IdentityTrainConfig
 from training.identity.data import IdentityDataset, identity_meta, sample_weights, select_training
-from training.identity.evaluate import PROTOCOLS, TorchEmbedRunner, cache_face_table, dense_scores, protocol_scores
+from training.identity.evaluate import PROTOCOLS, cache_face_table, dense_scores, protocol_scores
 from training.identity.losses import build_head, exclusive_regularizer, orthogonality_loss
 from training.identity.model import IdentityNet, exported_parameters
 from training.identity.prepare import load_cache
 from training.landmarks.train import atomic_save, write_json
+from training.nn.runner import TorchRunner
 
 
 def build_net(cfg: IdentityTrainConfig) -> IdentityNet:
@@ -48,7 +49,7 @@ def load_checkpoint(path: Path) -> tuple[IdentityNet, ModelMeta, dict]:
 
 
 def validate(net: IdentityNet, meta: ModelMeta, cache: dict, folds, root) -> dict:
-    table = cache_face_table(TorchEmbedRunner(net, meta), cache, folds)
+    table = cache_face_table(TorchRunner(net, meta), cache, folds)
     out = {}
     for protocol in PROTOCOLS:
         scores, labels, _ = protocol_scores(root, protocol, folds, table)

@@ -24,8 +24,8 @@ YAW_BINS = ((0, 15), (15, 30), (30, 45), (45, 180))
 def load_landmarker(model: Path, threads: int = 1):
     model = Path(model)
     if model.suffix == ".pt":
-        from training.landmarks.evaluate import TorchRunner
         from training.landmarks.train import load_checkpoint
+        from training.nn.runner import TorchRunner
 
         net, meta, _ = load_checkpoint(model)
         return Landmarker(TorchRunner(net, meta))

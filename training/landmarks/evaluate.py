@@ -6,30 +6,11 @@ from pathlib import Path
 from typing import Iterable
 
 import numpy as np
-import torch
 
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import apply_affine, crop_face, invert_affine, landmark_crop_box
 from edge.landmarks.landmarker import Landmarker
 from edge.metrics.landmarks import nme
-from edge.runtime.meta import ModelMeta
-from edge.runtime.runner import ModelRunner
-
-
-class TorchRunner(ModelRunner):
-    """A torch PIPNet behind the edge runner interface, so evaluation code is shared."""
-
-    def __init__(self, model: torch.nn.Module, meta: ModelMeta):
-        super().__init__(Path(f"<torch {meta.name}>"), meta)
-        self.model = model
-
-    def _run(self, batch: np.ndarray) -> list[np.ndarray]:
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            outs = self.model(torch.from_numpy(batch))
-        self.model.train(was_training)
-        return [o.float().numpy() for o in outs]
 
 
 def predict_faces(

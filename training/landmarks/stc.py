@@ -29,8 +29,8 @@ from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 from edge.landmarks.landmarker import Landmarker
 from training.landmarks.config import LandmarkTrainConfig
 from training.landmarks.data import LandmarkSample
-from training.landmarks.evaluate import TorchRunner
 from training.landmarks.train import fit, load_checkpoint, prepare_run, write_json
+from training.nn.runner import TorchRunner
 
 STC_CFP_FOLDS = tuple(range(1, 9))
 

@@ -26,10 +26,11 @@ from edge.runtime.meta import ModelMeta, meta_from_dict
 from training.config import from_dict, to_dict
 from training.landmarks.config import LandmarkTrainConfig
 from training.landmarks.data import LandmarkDataset, LandmarkSample, mean_face
-from training.landmarks.evaluate import TorchRunner, evaluate_labelled
+from training.landmarks.evaluate import evaluate_labelled
 from training.landmarks.meta import landmark_meta
 from training.landmarks.model import PipNet
 from training.landmarks.targets import pipnet_loss
+from training.nn.runner import TorchRunner
 
 
 def atomic_save(obj, path: Path) -> None:
