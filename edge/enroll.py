@@ -112,43 +112,27 @@ class FaceModels:
         )
 
 
-def embed_aligned(aligned: np.ndarray, runner) -> np.ndarray:
-    """The (D,) float32 unit embedding of one aligned face crop (the model's first output)."""
-    from edge.runtime import preprocess
-
-    out = runner.run(preprocess([aligned], runner.meta))[runner.meta.output_names[0]]
-    vec = np.asarray(out, dtype=np.float64).reshape(out.shape[0], -1)[0]
-    norm = float(np.linalg.norm(vec))
-    if not (np.isfinite(vec).all() and norm > 1e-12):
-        raise ValueError(f"{runner.meta.name}: embedding output is zero or not finite")
-    return (vec / norm).astype(np.float32)
-
-
 def embed_face(image: np.ndarray, models: FaceModels) -> list[FaceTemplate]:
     """Every face in ``image`` (uint8 BGR or gray, any size) as a :class:`FaceTemplate`, in the
     detector's order (best score first). A face whose head pose cannot be fitted is skipped."""
-    from edge.geometry.align import align_face
-    from edge.geometry.headpose import head_pose
-    from edge.geometry.landmarks68 import five_points
+    from edge.faces import embed_batch, prepare_faces
 
     detections = models.detector.detect(image)
     if not detections:
         return []
-    height, width = image.shape[:2]
     boxes = [models.crop_policy.crop_box(det.box) for det in detections]
-    # All faces of the photo in one landmark batch.
-    landmarks = models.landmarker.predict(image, boxes)
-    size = models.embedder.meta.input_size[0]
-    faces = []
-    for det, pts in zip(detections, landmarks):
-        try:
-            yaw = head_pose(pts, (width, height)).yaw
-        except ValueError as err:
-            log.warning("face at %s skipped: %s", [round(float(v)) for v in det.box], err)
+    # All faces of the photo in one landmark batch; enrolment crops once (no refinement pass).
+    prepared = prepare_faces(image, boxes, models.landmarker, models.embedder.meta.input_size[0], refine=0)
+    kept = []
+    for det, face in zip(detections, prepared):
+        if face is None:
+            log.warning("face at %s skipped: its landmarks give no head pose", [round(float(v)) for v in det.box])
             continue
-        aligned = align_face(image, five_points(pts), size)
-        faces.append(FaceTemplate(embed_aligned(aligned, models.embedder), float(yaw), det.box, det.score))
-    return faces
+        kept.append((det, face))
+    if not kept:
+        return []
+    embeddings = embed_batch(models.embedder, [face.aligned for _, face in kept])
+    return [FaceTemplate(emb, float(face.yaw), det.box, det.score) for (det, face), emb in zip(kept, embeddings)]
 
 
 class ModelFaceEmbedder:

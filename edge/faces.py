@@ -51,13 +51,10 @@ def face_landmarks(image: np.ndarray, crop_boxes, landmarker, refine: int = 1) -
     return points
 
 
-def prepare_faces(
-    image: np.ndarray, crop_boxes, landmarker, size: int = ALIGNED_SIZE, refine: int = 1
-) -> list[PreparedFace | None]:
-    """A :class:`PreparedFace` per crop box of ``image`` (uint8 BGR or gray), all faces in one
-    landmark batch; None where the head pose cannot be fitted (degenerate landmarks)."""
+def faces_from_landmarks(image: np.ndarray, points, size: int = ALIGNED_SIZE) -> list[PreparedFace | None]:
+    """Head pose and the aligned crop for each face's (68, 2) landmarks in ``image``; None where
+    the head pose cannot be fitted (degenerate landmarks)."""
     height, width = image.shape[:2]
-    points = face_landmarks(image, crop_boxes, landmarker, refine)
     out: list[PreparedFace | None] = []
     for pts in points:
         try:
@@ -79,6 +76,14 @@ def prepare_faces(
             )
         )
     return out
+
+
+def prepare_faces(
+    image: np.ndarray, crop_boxes, landmarker, size: int = ALIGNED_SIZE, refine: int = 1
+) -> list[PreparedFace | None]:
+    """A :class:`PreparedFace` per crop box of ``image`` (uint8 BGR or gray), all faces in one
+    landmark batch; None where the head pose cannot be fitted (degenerate landmarks)."""
+    return faces_from_landmarks(image, face_landmarks(image, crop_boxes, landmarker, refine), size)
 
 
 def rough_crop_box(face_box, scale: float = 1.5) -> np.ndarray:

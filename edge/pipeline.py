@@ -17,11 +17,8 @@ from typing import Callable
 import numpy as np
 
 from edge import events as ev
-from edge.faces import ALIGNED_SIZE, embed_batch, face_landmarks
+from edge.faces import ALIGNED_SIZE, embed_batch, face_landmarks, faces_from_landmarks
 from edge.gallery import GalleryArrays
-from edge.geometry.align import align_face
-from edge.geometry.headpose import head_pose
-from edge.geometry.landmarks68 import five_points
 from edge.matching import MatchResult, YawThresholds, match
 from edge.tracker import Observation, Tracker
 
@@ -138,17 +135,13 @@ class FacePipeline:
         t["landmarks"] = (clock() - t0) * 1000
 
         t0 = clock()
-        height, width = image.shape[:2]
         kept, poses, aligned = [], [], []
-        for det, pts in zip(detections, points):
-            try:
-                pose = head_pose(pts, (width, height))
-                face = align_face(image, five_points(pts), ALIGNED_SIZE)
-            except ValueError:
+        for det, face in zip(detections, faces_from_landmarks(image, points, ALIGNED_SIZE)):
+            if face is None:
                 continue  # degenerate landmarks: no pose, no face
-            kept.append((det, pts))
-            poses.append(pose)
-            aligned.append(face)
+            kept.append((det, face.landmarks))
+            poses.append(face)  # a PreparedFace carries yaw, pitch and roll
+            aligned.append(face.aligned)
         t["pose_align"] = (clock() - t0) * 1000
 
         t0 = clock()
