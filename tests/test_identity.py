@@ -165,6 +165,12 @@ def test_config_refuses_fold_9_and_overlaps():
 # ------------------------------------------------------------------ augmentation
 
 
+def _only_augment(**on) -> IdentityAugmentConfig:
+    """Every augmentation off except the ones given."""
+    off = {f.name: 0 for f in dataclasses.fields(IdentityAugmentConfig)}
+    return IdentityAugmentConfig(**{**off, **on})
+
+
 def test_flip_mirrors_pose_and_landmarks():
     from edge.geometry.align import template_for_size
 
@@ -173,18 +179,7 @@ def test_flip_mirrors_pose_and_landmarks():
     pts = np.tile(template_for_size(112)[:1], (68, 1)).astype(np.float32)
     pts[36] = (38.0, 51.0)  # left eye corner
     pts[45] = (74.0, 51.0)
-    aug = IdentityAugmentConfig(
-        flip=1.0,
-        max_shift_px=0,
-        max_rotate_deg=0,
-        max_log_scale=0,
-        gray=0,
-        low_res=0,
-        blur=0,
-        brightness=0,
-        contrast=0,
-        erase=0,
-    )
+    aug = _only_augment(flip=1.0)
     out, pose, p2 = augment_face(image, np.array([40.0, 5.0, 10.0]), pts, aug, rng)
     assert np.array_equal(out, image[:, ::-1])
     assert pose.tolist() == [-40.0, 5.0, -10.0]
@@ -197,18 +192,7 @@ def test_rotation_moves_landmarks_with_the_image():
     image[30, 80] = 255
     pts = np.zeros((68, 2), np.float32)
     pts[0] = (80, 30)
-    aug = IdentityAugmentConfig(
-        flip=0,
-        max_shift_px=0,
-        max_rotate_deg=20,
-        max_log_scale=0,
-        gray=0,
-        low_res=0,
-        blur=0,
-        brightness=0,
-        contrast=0,
-        erase=0,
-    )
+    aug = _only_augment(max_rotate_deg=20)
     out, _, p2 = augment_face(image, np.zeros(3), pts, aug, np.random.default_rng(3))
     y, x = np.unravel_index(np.argmax(out[:, :, 0]), out.shape[:2])
     assert abs(x - p2[0, 0]) <= 1.0 and abs(y - p2[0, 1]) <= 1.0
