@@ -19,10 +19,11 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from edge.datasets.cfp import cfp_photos, fiducial_box, fold_identities, fold_pairs, read_fiducials
-from edge.faces import embed_batch, prepare_faces, prepare_largest_face, rough_crop_box
+from edge.datasets.cfp import cfp_photos, fold_identities, fold_pairs
+from edge.faces import embed_batch, prepare_faces, prepare_largest_face
 from edge.imageio import read_image_bgr
 from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
+from training.identity.prepare import ANNOTATION_REFINE, cfp_fiducial_crop
 
 YAW_BINS = (0.0, 30.0, 60.0, 90.0)
 MISSING_SCORE = -1.0
@@ -226,7 +227,7 @@ def prepare_photos(root, folds: Sequence[int], landmarker, boxes: str, progress:
         image = read_image_bgr(photo.image_path)
         key = photo_key(photo.image_path)
         if detector is None:
-            crop, refine = rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5), 2
+            crop, refine = cfp_fiducial_crop(photo), ANNOTATION_REFINE
         else:
             face = prepare_largest_face(image, detector, BLAZEFACE_SHORT_CROP, landmarker, refine=1)
             out.append(PreparedPhoto(key, photo.image_path, face))

@@ -21,19 +21,19 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from edge.datasets.cfp import cfp_photos, fiducial_box, fold_identities, parse_folds, read_fiducials
+from edge.datasets.cfp import cfp_photos, fold_identities, parse_folds
 from edge.datasets.lfw import lfw_people
 from edge.datasets.root import require_data_root
-from edge.faces import prepare_faces, rough_crop_box
+from edge.faces import prepare_faces
 from edge.imageio import read_image_bgr
-from training.identity.prepare import LFW_FACE_BOX
+from training.identity.prepare import ANNOTATION_REFINE, LFW_CROP, cfp_fiducial_crop
 
 
 def _embed(recognizer, landmarker, path: Path, box: np.ndarray) -> np.ndarray | None:
     image = read_image_bgr(path)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    face = prepare_faces(image, [box], landmarker, refine=2)[0]
+    face = prepare_faces(image, [box], landmarker, refine=ANNOTATION_REFINE)[0]
     return None if face is None else recognizer.embed(image, [face])[0]
 
 
@@ -48,8 +48,7 @@ def find_overlap(folds, max_distance: float = 0.5, data_root=None) -> dict:
     people: dict[int, list[np.ndarray]] = {}
     ids = [i for f in folds for i in fold_identities(f)]
     for photo in tqdm(cfp_photos(root / "cfp", identities=ids, views=("frontal",)), desc="CFP", mininterval=10):
-        box = rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5)
-        vec = _embed(recognizer, landmarker, photo.image_path, box)
+        vec = _embed(recognizer, landmarker, photo.image_path, cfp_fiducial_crop(photo))
         if vec is not None:
             people.setdefault(photo.identity, []).append(vec)
     # dlib's descriptors are compared by Euclidean distance; ours are unit vectors scaled back by
@@ -58,10 +57,9 @@ def find_overlap(folds, max_distance: float = 0.5, data_root=None) -> dict:
     means = np.stack([np.mean(people[i], axis=0) for i in cfp_ids])
     means /= np.linalg.norm(means, axis=1, keepdims=True)
     lfw = {n: p for n, p in lfw_people(root / "lfw_gray").items() if len(p) >= 2}
-    box = rough_crop_box(LFW_FACE_BOX, 1.2)
     found = []
     for name, paths in tqdm(lfw.items(), desc="LFW", mininterval=10):
-        vecs = [v for v in (_embed(recognizer, landmarker, p, box) for p in paths[:2]) if v is not None]
+        vecs = [v for v in (_embed(recognizer, landmarker, p, LFW_CROP) for p in paths[:2]) if v is not None]
         if len(vecs) < 2:
             continue
         d = np.linalg.norm(np.stack(vecs)[:, None, :] - means[None, :, :], axis=2)  # (2, P)

@@ -33,12 +33,21 @@ from edge.faces import ALIGNED_SIZE, prepare_faces, rough_crop_box
 from edge.imageio import read_image_bgr
 
 LFW_FACE_BOX = np.array([30.5, 30.5, 145.5, 145.5])  # the central ~115 px of the 176 px frame
+LFW_CROP = rough_crop_box(LFW_FACE_BOX, 1.2)
+# Landmark passes after the first crop from an annotation box (fiducials, a dataset's face box).
+ANNOTATION_REFINE = 2
+
+
+def cfp_fiducial_crop(photo) -> np.ndarray:
+    """The first landmark crop of a CFP photo from its hand-marked fiducials (the "oracle" box):
+    training's cache and every fiducial-box evaluation start from this same crop."""
+    return rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5)
 SOURCES = ("cfp", "lfw", "orl")
 
 
 def _cfp_items(data_root: Path):
     for photo in cfp_photos(data_root / "cfp"):
-        box = rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5)
+        box = cfp_fiducial_crop(photo)
         fold = (photo.identity - 1) // CFP_FOLD_SIZE + 1
         yield photo.image_path, box, f"cfp/{photo.identity:03d}", fold, photo.view == "profile"
 
@@ -48,7 +57,7 @@ def _lfw_items(data_root: Path, min_photos: int = 2):
         if len(paths) < min_photos:
             continue
         for path in paths:
-            yield path, rough_crop_box(LFW_FACE_BOX, 1.2), f"lfw/{name}", 0, False
+            yield path, LFW_CROP, f"lfw/{name}", 0, False
 
 
 def _orl_items(data_root: Path):
@@ -69,7 +78,7 @@ def prepare_source(
         image = read_image_bgr(path)
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
-        face = prepare_faces(image, [box], landmarker, ALIGNED_SIZE, refine=2)[0]
+        face = prepare_faces(image, [box], landmarker, ALIGNED_SIZE, refine=ANNOTATION_REFINE)[0]
         rel = os.path.relpath(path, data_root)
         if face is None:
             skipped.append(rel)
