@@ -22,7 +22,7 @@ demo: $(BIN)/python
 	$(BIN)/python -m edge.demo_people --out $(OUT)/demo
 
 test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,dev,baseline]'
+	$(BIN)/pip install -q -e '.[train,quant,dev,baseline]'
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 

@@ -229,6 +229,21 @@ def meta_from_dict(data: Any, source: str = "<metadata>") -> ModelMeta:
     return ModelMeta(**values)
 
 
+def variant_path(fp32_onnx: os.PathLike | str, fmt: str, precision: str) -> Path:
+    """Where a variant of a shipped model lives, beside its fp32 ONNX file.
+
+    ONNX: ``<stem>.onnx`` (fp32), ``<stem>_int8.onnx``; TFLite: ``<stem>_tfl_<precision>.tflite``.
+    Every name has its own stem, so every variant has its own ``<stem>.json`` metadata."""
+    if fmt not in FORMATS or precision not in PRECISIONS:
+        raise ValueError(
+            f"variant: expected a format in {FORMATS} and a precision in {PRECISIONS}, got {fmt}/{precision}"
+        )
+    base = Path(fp32_onnx)
+    if fmt == "onnx":
+        return base if precision == "fp32" else base.with_name(f"{base.stem}_{precision}.onnx")
+    return base.with_name(f"{base.stem}_tfl_{precision}.tflite")
+
+
 def meta_path_for(model_path: os.PathLike | str) -> Path:
     """Where a model's metadata lives: the model's path with the suffix replaced by ``.json``."""
     return Path(model_path).with_suffix(".json")

@@ -1,0 +1,277 @@
+"""Build the int8/fp16/TFLite variants of the shipped landmark and identity models.
+
+    python -m quantization build [--task landmarks identity] [--out-root edge/models] [--calib 256]
+
+For each model:
+1. Calibration faces: real, prepared by the device's code (``quantization.calibration``).
+2. ONNX int8 (QDQ, uint8 activations, int8 per-channel weights) with each calibration method;
+   the method is chosen on *selection* faces (training-side faces that neither calibrate nor are
+   scored by the report): for landmarks the NME increase over fp32 on 300-W training faces, for
+   identity the mean cosine between int8 and fp32 embeddings of CFP folds 1-8 faces.
+3. A per-layer sensitivity pass: every weighted layer quantised alone, its damage measured the
+   same way; if full int8 misses the selection budget, the most sensitive layers stay float
+   (mixed precision), fewest first.
+4. TFLite fp32, fp16 and int8 (litert-torch from the training checkpoint in training/checkpoints).
+
+Every file is written beside the fp32 model with its metadata (``<stem>.json``): checksum,
+precision, calibration faces, method, the layers kept in float and why. The accuracy numbers
+come from ``python -m quantization.report``, which scores the files on data they never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from edge.runtime import load_model
+from edge.runtime.meta import file_sha256, load_meta, save_meta
+from edge.runtime.meta import variant_path as shipped_variant_path
+from quantization.calibration import calibration_batch, identity_faces, landmark_faces
+from quantization.onnx_int8 import CALIBRATION_METHODS, OnnxInt8Builder, quantisable_nodes
+from quantization.tflite import convert_tflite, tflite_meta, torch_graph
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ROOT / "edge" / "models"
+CHECKPOINTS = ROOT / "training" / "checkpoints"
+
+# Selection budgets: half of the report's targets, so what passes here has room on unseen data.
+LANDMARK_NME_BUDGET = 0.0005  # +0.05 NME points (report target +0.10 in every yaw bin)
+IDENTITY_COSINE_BUDGET = 0.995  # mean int8-vs-fp32 cosine (report target 0.99)
+MAX_FLOAT_LAYERS = 4
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    task: str  # "landmarks" | "identity"
+    fp32: Path  # shipped fp32 ONNX
+    checkpoint: Path  # the training checkpoint it was exported from (TFLite converts from torch)
+
+    @property
+    def stem(self) -> str:
+        return self.fp32.stem
+
+
+SPECS = {
+    "landmarks": ModelSpec("landmarks", MODELS / "landmarks" / "pipnet_light.onnx", CHECKPOINTS / "pipnet_light.pt"),
+    "identity": ModelSpec("identity", MODELS / "identity" / "poseface_mfn.onnx", CHECKPOINTS / "poseface_mfn.pt"),
+}
+
+
+def variant_path(spec: ModelSpec, fmt: str, precision: str, out_dir: Path | None = None) -> Path:
+    """A variant's file (``edge.runtime.meta.variant_path``), in ``out_dir`` or beside the fp32 model."""
+    name = shipped_variant_path(spec.fp32, fmt, precision).name
+    return Path(out_dir or spec.fp32.parent) / name
+
+
+# ------------------------------------------------------------------ selection: damage vs fp32
+
+
+class Selection:
+    """Faces that neither calibrate nor are reported, and the damage score of a model on them
+    (lower is better): landmarks NME increase over fp32, identity 1 - mean cosine to fp32."""
+
+    def __init__(self, spec: ModelSpec, images: list, points: np.ndarray | None):
+        self.spec, self.images, self.points = spec, images, points
+        self.reference = self._outputs(load_model(spec.fp32))
+
+    def _outputs(self, runner) -> np.ndarray:
+        if self.spec.task == "landmarks":
+            from edge.landmarks.landmarker import Landmarker
+
+            return Landmarker(runner).predict_crops(self.images)
+        from edge.faces import embed_batch
+
+        return embed_batch(runner, self.images)
+
+    def damage(self, runner) -> float:
+        out = self._outputs(runner)
+        if self.spec.task == "landmarks":
+            from edge.metrics.landmarks import nme
+
+            return float(nme(out, self.points).mean() - nme(self.reference, self.points).mean())
+        return float(1.0 - np.mean(np.sum(out * self.reference, axis=1)))
+
+    def passes(self, damage: float) -> bool:
+        if self.spec.task == "landmarks":
+            return damage <= LANDMARK_NME_BUDGET
+        return 1.0 - damage >= IDENTITY_COSINE_BUDGET
+
+
+def _load_with_meta(path: Path, meta) -> object:
+    save_meta(dataclasses.replace(meta, sha256=file_sha256(path)), path.with_suffix(".json"))
+    return load_model(path)
+
+
+def faces_for(spec: ModelSpec, count: int, skip: int, seed: int = 0):
+    meta = load_meta(spec.fp32.with_suffix(".json"))
+    if spec.task == "landmarks":
+        return landmark_faces(count, meta.width, seed=seed, skip=skip)
+    return identity_faces(count, seed=seed, skip=skip)
+
+
+# ------------------------------------------------------------------ ONNX int8
+
+
+def build_onnx_int8(spec: ModelSpec, calib_images: list, selection: Selection, out_dir: Path, work: Path) -> dict:
+    meta = load_meta(spec.fp32.with_suffix(".json"))
+    inputs = calibration_batch(calib_images, meta)
+    builder = OnnxInt8Builder(spec.fp32, inputs, meta.input_name, work)
+    int8_meta = dataclasses.replace(meta, precision="int8", accuracy={})
+    methods = {}
+    for method in tqdm(CALIBRATION_METHODS, desc=f"{spec.stem}: calibration methods"):
+        path = builder.write(work / f"{method}.onnx", method)
+        methods[method] = selection.damage(_load_with_meta(path, int8_meta))
+    method = min(methods, key=methods.get)
+
+    # Sensitivity: each weighted layer quantised alone, scored like the whole model.
+    nodes = quantisable_nodes(builder.prepared)
+    sensitivity = {}
+    for node in tqdm(nodes, desc=f"{spec.stem}: per-layer sensitivity"):
+        path = builder.write(work / "one.onnx", method, only_nodes=[node])
+        sensitivity[node] = selection.damage(_load_with_meta(path, int8_meta))
+    ranked = sorted(sensitivity, key=sensitivity.get, reverse=True)
+
+    kept_float: list[str] = []
+    damage = methods[method]
+    tried = {0: damage}
+    k = 0
+    while not selection.passes(damage) and k < MAX_FLOAT_LAYERS:
+        k = k + 1 if k < 2 else k * 2
+        path = builder.write(work / "mixed.onnx", method, exclude_nodes=ranked[:k])
+        damage = selection.damage(_load_with_meta(path, int8_meta))
+        tried[k] = damage
+    if selection.passes(damage) and k:
+        kept_float = ranked[:k]
+    elif k:  # mixed precision did not reach the budget either: ship full int8, say so
+        damage = methods[method]
+
+    out = variant_path(spec, "onnx", "int8", out_dir)
+    builder.write(out, method, exclude_nodes=kept_float)
+    record = {
+        "tool": "onnxruntime.quantization.quantize_static (QDQ, per-channel)",
+        "activations": "uint8 (asymmetric, per tensor)",
+        "weights": "int8 (symmetric, per channel)",
+        "calibration_method": method,
+        "calibration_faces": len(calib_images),
+        "calibration_data": CALIBRATION_DATA[spec.task],
+        "selection_damage_by_method": {k2: round(v, 6) for k2, v in methods.items()},
+        "selection_metric": SELECTION_METRIC[spec.task],
+        "selection_faces": len(selection.images),
+        "layers_kept_float": kept_float,
+        "mixed_precision_tried": {str(k2): round(v, 6) for k2, v in tried.items()},
+        "most_sensitive_layers": {n: round(sensitivity[n], 6) for n in ranked[:8]},
+        "selection_damage": round(damage, 6),
+        "source_fp32_sha256": file_sha256(spec.fp32),
+    }
+    save_meta(
+        dataclasses.replace(int8_meta, sha256=file_sha256(out), extra={**meta.extra, "quantization": record}),
+        out.with_suffix(".json"),
+    )
+    return record
+
+
+CALIBRATION_DATA = {
+    "landmarks": "300-W training split (AFW + HELEN-train), test crop policy, seeded sample",
+    "identity": "CFP folds 1-8 (frontal and profile), fiducial box, PIPNet landmarks, 5-point alignment",
+}
+SELECTION_METRIC = {
+    "landmarks": "NME increase over fp32 on other 300-W training faces",
+    "identity": "1 - mean cosine(int8, fp32) on other CFP folds 1-8 faces",
+}
+
+
+# ------------------------------------------------------------------ TFLite
+
+
+def build_tflite(spec: ModelSpec, calib_images: list, selection: Selection, out_dir: Path) -> dict:
+    fp32_meta = load_meta(spec.fp32.with_suffix(".json"))
+    module, _ = torch_graph(spec.task, spec.checkpoint)
+    nhwc = dataclasses.replace(fp32_meta, input_layout="NHWC")
+    calibration = calibration_batch(calib_images, nhwc)
+    records = {}
+    for precision in tqdm(("fp32", "fp16", "int8"), desc=f"{spec.stem}: TFLite"):
+        out = variant_path(spec, "tflite", precision, out_dir)
+        convert_tflite(module, fp32_meta.width, out, precision, calibration if precision == "int8" else None)
+        record = {
+            "tool": "litert-torch " + _version("litert-torch"),
+            "from": f"training/checkpoints/{spec.checkpoint.name} (sha256 {file_sha256(spec.checkpoint)[:16]}...)",
+            "input": "NHWC" + (", int8 (scale and zero point in the file)" if precision == "int8" else ", float32"),
+        }
+        if precision == "int8":
+            record.update(
+                {
+                    "method": "PT2E, symmetric int8 per-channel weights, int8 activations (min-max observers)",
+                    "calibration_faces": len(calib_images),
+                    "calibration_data": CALIBRATION_DATA[spec.task],
+                }
+            )
+        if precision == "fp16":
+            record["method"] = "float16 weights (ai-edge-quantizer float casting); computes in fp32 on the CPU"
+        meta = tflite_meta(fp32_meta, out, precision, {"quantization": record})
+        save_meta(meta, out.with_suffix(".json"))
+        record["selection_damage"] = round(selection.damage(load_model(out)), 6)
+        meta = dataclasses.replace(meta, extra={**meta.extra, "quantization": record})
+        save_meta(meta, out.with_suffix(".json"))
+        records[precision] = record
+    return records
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    return version(dist)
+
+
+def build(task: str, out_dir: Path | None = None, calib: int = 256, select: int = 200, formats=("onnx", "tflite")):
+    spec = SPECS[task]
+    for path in (spec.fp32, spec.checkpoint):
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing (the shipped model and its training checkpoint)")
+    out_dir = Path(out_dir or spec.fp32.parent)
+    calib_images = faces_for(spec, calib, skip=0)[0]
+    sel_images, sel_aux = faces_for(spec, select, skip=calib)
+    selection = Selection(spec, sel_images, sel_aux if task == "landmarks" else None)
+    summary = {"task": task}
+    with tempfile.TemporaryDirectory(prefix="poseface-quant-") as tmp:
+        if "onnx" in formats:
+            summary["onnx_int8"] = build_onnx_int8(spec, calib_images, selection, out_dir, Path(tmp))
+        if "tflite" in formats:
+            summary["tflite"] = build_tflite(spec, calib_images, selection, out_dir)
+    return summary
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m quantization build", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", nargs="+", choices=sorted(SPECS), default=sorted(SPECS))
+    parser.add_argument("--out-root", type=Path, help="write variants to OUT_ROOT/<task>/ (default: beside fp32)")
+    parser.add_argument("--calib", type=int, default=256, help="calibration faces per model (default 256)")
+    parser.add_argument("--select", type=int, default=200, help="selection faces per model (default 200)")
+    parser.add_argument("--formats", nargs="+", choices=["onnx", "tflite"], default=["onnx", "tflite"])
+    parser.add_argument("--json", type=Path, help="write the build summary here")
+    args = parser.parse_args(argv)
+    summaries = []
+    for task in args.task:
+        out_dir = args.out_root / task if args.out_root else None
+        try:
+            summaries.append(build(task, out_dir, args.calib, args.select, tuple(args.formats)))
+        except (FileNotFoundError, ValueError) as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+    text = json.dumps(summaries, indent=1)
+    print(text)
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
