@@ -115,14 +115,15 @@ class FaceModels:
 def embed_face(image: np.ndarray, models: FaceModels) -> list[FaceTemplate]:
     """Every face in ``image`` (uint8 BGR or gray, any size) as a :class:`FaceTemplate`, in the
     detector's order (best score first). A face whose head pose cannot be fitted is skipped."""
-    from edge.faces import embed_batch, prepare_faces
+    from edge.faces import DEVICE_REFINE, embed_batch, prepare_faces
 
     detections = models.detector.detect(image)
     if not detections:
         return []
     boxes = [models.crop_policy.crop_box(det.box) for det in detections]
-    # All faces of the photo in one landmark batch; enrolment crops once (no refinement pass).
-    prepared = prepare_faces(image, boxes, models.landmarker, models.embedder.meta.input_size[0], refine=0)
+    # All faces of the photo in one landmark batch, re-cropped as the runtime does.
+    size = models.embedder.meta.input_size[0]
+    prepared = prepare_faces(image, boxes, models.landmarker, size, refine=DEVICE_REFINE)
     kept = []
     for det, face in zip(detections, prepared):
         if face is None:

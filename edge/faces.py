@@ -20,6 +20,9 @@ from edge.geometry.landmarks68 import five_points
 from edge.landmarks.crop import landmark_crop_box
 
 ALIGNED_SIZE = 112
+# Landmark re-crops the device makes from a detector box (the pipeline and enrolment alike, so
+# templates and probes are aligned the same way).
+DEVICE_REFINE = 1
 
 
 @dataclass(frozen=True, eq=False)
@@ -121,7 +124,7 @@ def largest(detections):
     return max(detections, key=lambda d: float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
 
 
-def prepare_largest_face(image: np.ndarray, detector, crop_policy, landmarker, refine: int = 1):
+def prepare_largest_face(image: np.ndarray, detector, crop_policy, landmarker, refine: int = DEVICE_REFINE):
     """The device chain on a photo's largest detected face: a :class:`PreparedFace`, or None when
     no face is found (or its landmarks give no pose)."""
     det = largest(detector.detect(image))

@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from edge import events as ev
-from edge.faces import ALIGNED_SIZE, embed_batch, face_landmarks, faces_from_landmarks
+from edge.faces import ALIGNED_SIZE, DEVICE_REFINE, embed_batch, face_landmarks, faces_from_landmarks
 from edge.gallery import GalleryArrays
 from edge.matching import MatchResult, YawThresholds, match
 from edge.tracker import Observation, Tracker
@@ -103,7 +103,7 @@ class FacePipeline:
         thresholds: YawThresholds | None = None,
         tracker: Tracker | None = None,
         stills: bool = False,
-        refine: int = 1,
+        refine: int = DEVICE_REFINE,
         clock: Callable[[], float] = time.perf_counter,
     ):
         if embedder is not None and thresholds is None:

@@ -229,7 +229,7 @@ def prepare_photos(root, folds: Sequence[int], landmarker, boxes: str, progress:
         if detector is None:
             crop, refine = cfp_fiducial_crop(photo), ANNOTATION_REFINE
         else:
-            face = prepare_largest_face(image, detector, BLAZEFACE_SHORT_CROP, landmarker, refine=1)
+            face = prepare_largest_face(image, detector, BLAZEFACE_SHORT_CROP, landmarker)
             out.append(PreparedPhoto(key, photo.image_path, face))
             continue
         out.append(PreparedPhoto(key, photo.image_path, prepare_faces(image, [crop], landmarker, refine=refine)[0]))
