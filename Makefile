@@ -13,7 +13,7 @@ $(BIN)/python:
 # $$POSEFACE_DATA), score the shipped face detector on real CFP photos (fold 1), run the
 # device chain (detector -> shipped PIPNet -> head pose) on real photos (annotated PNG + NME),
 # then python -m edge.run recognising CFP fold-9 people (never trained on) from the front and
-# the side with the shipped identity model (contact sheet, identification rates, latency).
+# the side with the shipped int8 models (contact sheet, identification rates, latency).
 demo: $(BIN)/python
 	$(BIN)/pip install -q -e .
 	$(BIN)/python -m training.data check

@@ -1,7 +1,7 @@
 """The recognition demo: `edge.run` recognising real people it never trained on, front and side.
 
     python -m edge.demo_people [--out out/demo] [--enrolled 20] [--strangers 20]
-                               [--embedder-model FILE] [--per-person 2]
+                               [--precision int8|fp32] [--embedder-model FILE] [--per-person 2]
 
 CFP fold 9 (people 401-450: no shipped model trained on them) provides everything:
 - the first ``--enrolled`` people are enrolled from ``--per-person`` frontal photos each;
@@ -31,6 +31,7 @@ import numpy as np
 from edge.datasets.root import DataNotFoundError, require_data_root
 
 DEFAULT_IDENTITY = Path(__file__).parent / "models" / "identity" / "poseface_mfn.onnx"
+DEFAULT_LANDMARKS = Path(__file__).parent / "models" / "landmarks" / "pipnet_light.onnx"
 FOLD9 = range(401, 451)
 
 
@@ -88,13 +89,24 @@ def main(argv=None) -> int:
     p.add_argument("--enrolled", type=int, default=20, help="fold-9 people to enrol (401 onwards)")
     p.add_argument("--strangers", type=int, default=20, help="fold-9 people never enrolled (from 450 down)")
     p.add_argument("--per-person", type=int, default=2, help="frontal photos per enrolled person")
-    p.add_argument("--embedder-model", default=None, help=f"identity model (default: {DEFAULT_IDENTITY.name})")
+    p.add_argument(
+        "--precision",
+        choices=("fp32", "int8"),
+        default="int8",
+        help="shipped ONNX variant of the landmark and identity models, for enrolment and edge.run (default int8, "
+        "what the Pi profiles run)",
+    )
+    p.add_argument("--embedder-model", default=None, help="identity model (default: the shipped one at --precision)")
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     if args.enrolled + args.strangers > len(FOLD9) or min(args.enrolled, args.strangers, args.per_person) < 1:
         print("edge.demo_people: --enrolled + --strangers must be at most 50, each at least 1", file=sys.stderr)
         return 2
-    model = Path(args.embedder_model) if args.embedder_model else DEFAULT_IDENTITY
+    from edge.runtime.meta import variant_path
+
+    shipped = variant_path(DEFAULT_IDENTITY, "onnx", args.precision)
+    model = Path(args.embedder_model) if args.embedder_model else shipped
+    landmark_model = variant_path(DEFAULT_LANDMARKS, "onnx", args.precision)
     if not model.exists():
         print(f"edge.demo_people: identity model {model} not found (pass --embedder-model FILE)", file=sys.stderr)
         return 2
@@ -116,7 +128,9 @@ def main(argv=None) -> int:
     gallery_path = out / "gallery.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{gallery_path}{suffix}").unlink(missing_ok=True)
-    embedder = build_embedder({"embedder_model": str(model), "threads": args.threads})
+    embedder = build_embedder(
+        {"embedder_model": str(model), "landmark_model": str(landmark_model), "threads": args.threads}
+    )
     people = {name: enrol_photos(embedder, folder)[0] for name, folder in enrol_dirs.items()}
     people = {name: t for name, t in people.items() if t}
     dim = int(next(iter(people.values()))[0].embedding.size)
@@ -140,6 +154,8 @@ def main(argv=None) -> int:
         str(model.absolute()),
         "--set",
         f"runtime.threads={args.threads}",
+        "--set",
+        f"runtime.precision={args.precision}",
         "--set",
         f'events.sinks=[{{type="jsonl", path="{events_path.absolute()}"}}]',
         "--summary-json",

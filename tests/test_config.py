@@ -24,7 +24,7 @@ from edge.config import (
     main,
     source_overrides,
 )
-from edge.runtime.meta import load_meta
+from edge.runtime.meta import load_meta, variant_path
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware_configs"
 EXAMPLE = FIRMWARE / "config.example.toml"
@@ -52,7 +52,11 @@ def test_every_profile_loads(name, with_example):
     cfg = load_config(EXAMPLE if with_example else None, profile=name)
     assert cfg.profile == name
     assert str(FIRMWARE / "profiles" / f"{name}.toml") in cfg.loaded_from
-    assert cfg.landmarks.model == SHIPPED_LANDMARKS
+    # Pis run the int8 variants (they meet the accuracy targets; quantization.report), Jetsons fp32
+    # (TensorRT makes its own fp16 engines).
+    want = "int8" if name.startswith("pi") else "fp32"
+    assert cfg.runtime.precision == want
+    assert cfg.landmarks.model == variant_path(SHIPPED_LANDMARKS, "onnx", want)
     assert cfg.runtime.providers[-1] == "CPUExecutionProvider"
     assert cfg.detector.model_range() in ("short", "full")
     if name.startswith("pi"):
