@@ -288,7 +288,7 @@ def speed_problems(name: str, speed: dict) -> list[str]:
             problems.append(f"{ratio:.2f}x faster than fp32 at 1 thread (target {MIN_SPEEDUP:g}x)")
         shrink = speed[name]["shrink_vs_fp32"]
         if shrink is not None and shrink < MIN_SHRINK:
-            problems.append(f"{shrink:.1f}x smaller than fp32 (target {MIN_SHRINK:g}x)")
+            problems.append(f"{shrink:.2f}x smaller than fp32 (target {MIN_SHRINK:g}x)")
     return problems
 
 
