@@ -128,16 +128,25 @@ def main(argv=None) -> int:
     gallery_path = out / "gallery.sqlite"
     for suffix in ("", "-wal", "-shm"):
         Path(f"{gallery_path}{suffix}").unlink(missing_ok=True)
+    # Templates encrypted at rest, as on a device: a fresh key for this demo's fresh gallery.
+    from edge.keys import generate_key, load_key
+
+    key_path = out / "gallery.key"
+    key_path.unlink(missing_ok=True)
+    generate_key(key_path)
     embedder = build_embedder(
         {"embedder_model": str(model), "landmark_model": str(landmark_model), "threads": args.threads}
     )
     people = {name: enrol_photos(embedder, folder)[0] for name, folder in enrol_dirs.items()}
     people = {name: t for name, t in people.items() if t}
     dim = int(next(iter(people.values()))[0].embedding.size)
-    with Gallery.open(gallery_path, dim=dim) as gallery:
+    with Gallery.open(gallery_path, dim=dim, key=load_key(key_path)) as gallery:
         for name, templates in people.items():
             gallery.add_identity(name, templates)
-    print(f"enrolled {len(enrol_dirs)} people from {args.per_person} frontal photo(s) each -> {gallery_path}")
+    print(
+        f"enrolled {len(enrol_dirs)} people from {args.per_person} frontal photo(s) each -> {gallery_path} "
+        f"(templates AES-256-GCM encrypted, key {key_path})"
+    )
 
     # The runtime exactly as a user starts it, on the folder of stills.
     events_path, summary_path = out / "events.jsonl", out / "run_summary.json"
@@ -156,6 +165,8 @@ def main(argv=None) -> int:
         f"runtime.threads={args.threads}",
         "--set",
         f"runtime.precision={args.precision}",
+        "--set",
+        f"gallery.key_file={key_path.absolute()}",
         "--set",
         f'events.sinks=[{{type="jsonl", path="{events_path.absolute()}"}}]',
         "--summary-json",

@@ -197,6 +197,35 @@ def _format_yaw(lo: float | None, hi: float | None) -> str:
     return f"{lo:+.0f}..{hi:+.0f}" if round(lo) != round(hi) else f"{lo:+.0f}"
 
 
+def _key(args) -> bytes | None:
+    if getattr(args, "key_file", None) is None:
+        return None
+    from edge.keys import KeyFileError, load_key
+
+    try:
+        return load_key(args.key_file)
+    except KeyFileError as err:
+        raise GalleryError(f"--key-file {err}") from None
+
+
+def _open(args, without_key: bool = False, **kwargs) -> Gallery:
+    """The gallery of ``args``, with the key of ``--key-file`` when given."""
+    return Gallery.open(args.gallery, key=_key(args), without_key=without_key, **kwargs)
+
+
+def _cmd_keygen(args) -> int:
+    from edge.keys import KeyFileError, generate_key
+
+    try:
+        path = generate_key(args.key_file)
+    except KeyFileError as err:
+        raise GalleryError(f"--key-file {err}") from None
+    print(
+        f"wrote a new gallery key to {path} (mode 0600); keep a copy somewhere safe: without it the templates are lost"
+    )
+    return 0
+
+
 def _cmd_add(args) -> int:
     images_dir = Path(args.images)
     if not images_dir.is_dir():
@@ -206,7 +235,7 @@ def _cmd_add(args) -> int:
     # Refuse a bad or taken name before the slow part (models and photos).
     validate_name(args.name)
     if not args.append and Path(args.gallery).exists():
-        with Gallery.open(args.gallery, create=False) as gallery:
+        with _open(args, without_key=True, create=False) as gallery:
             if args.name in gallery:
                 raise GalleryError(f"identity {args.name!r} is already in {args.gallery}: pass --append to add photos")
     embedder = build_embedder(
@@ -217,21 +246,24 @@ def _cmd_add(args) -> int:
         print(f"edge.enroll: {note}", file=sys.stderr)
     if not templates:
         raise GalleryError(f"--images {images_dir}: no face found in any photo, nothing enrolled")
-    with Gallery.open(args.gallery, dim=int(templates[0].embedding.size)) as gallery:
+    with _open(args, dim=int(templates[0].embedding.size)) as gallery:
         if args.append and args.name in gallery:
             gallery.add_templates(args.name, templates)
         else:
             gallery.add_identity(args.name, templates)
         ident = gallery.identity(args.name)
+        encrypted = gallery.encrypted
     print(
         f"enrolled {ident.name!r}: {len(templates)} new template(s), {ident.template_count} in all, "
         f"yaw {_format_yaw(ident.yaw_min, ident.yaw_max)} deg -> {args.gallery}"
     )
+    if not encrypted:
+        print(f"edge.enroll: {args.gallery} is not encrypted (templates are plain): see --key-file", file=sys.stderr)
     return 0
 
 
 def _cmd_list(args) -> int:
-    with Gallery.open(args.gallery, create=False) as gallery:
+    with _open(args, without_key=True, create=False) as gallery:
         identities = gallery.list()
         dim = gallery.dim
     if args.json:
@@ -257,28 +289,28 @@ def _cmd_list(args) -> int:
 
 
 def _cmd_remove(args) -> int:
-    with Gallery.open(args.gallery, create=False) as gallery:
+    with _open(args, without_key=True, create=False) as gallery:
         count = gallery.remove(args.name)
     print(f"removed {args.name!r} and its {count} template(s); erased from {args.gallery}")
     return 0
 
 
 def _cmd_export(args) -> int:
-    with Gallery.open(args.gallery, create=False) as gallery:
+    with _open(args, create=False) as gallery:
         count = gallery.export(args.file)
     print(f"exported {count} identities to {args.file}")
     return 0
 
 
 def _cmd_import(args) -> int:
-    with Gallery.open(args.gallery) as gallery:
+    with _open(args) as gallery:
         result = gallery.import_(args.file, on_conflict=args.on_conflict)
     print(f"imported {args.file}: {result.added} added, {result.replaced} replaced, {result.skipped} skipped")
     return 0
 
 
 def _cmd_check(args) -> int:
-    with Gallery.open(args.gallery, create=False) as gallery:
+    with _open(args, without_key=True, create=False) as gallery:
         report = gallery.integrity_check()
     for problem in report.problems:
         print(f"{args.gallery}: {problem}")
@@ -292,6 +324,13 @@ def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--gallery", type=Path, default=DEFAULT_GALLERY, help=f"gallery file (default {DEFAULT_GALLERY})"
+    )
+    common.add_argument(
+        "--key-file",
+        type=Path,
+        default=None,
+        help="gallery key (python -m edge.enroll keygen): a new gallery is encrypted with it; an encrypted one "
+        "needs it to add, import or export (list, remove and check do not)",
     )
     parser = argparse.ArgumentParser(prog="python -m edge.enroll", description="Manage the face gallery.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -313,7 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     remove.add_argument("name")
     remove.set_defaults(run=_cmd_remove)
 
-    export = sub.add_parser("export", parents=[common], help="write the gallery to a JSON-lines file")
+    export = sub.add_parser(
+        "export", parents=[common], help="write the gallery to a JSON-lines file (plain templates, mode 0600)"
+    )
     export.add_argument("file", type=Path)
     export.set_defaults(run=_cmd_export)
 
@@ -324,6 +365,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     check = sub.add_parser("check", parents=[common], help="check the gallery file's integrity")
     check.set_defaults(run=_cmd_check)
+
+    keygen = sub.add_parser("keygen", help="write a new random gallery key (mode 0600; never overwrites)")
+    keygen.add_argument("--key-file", type=Path, required=True, help="where to write the key")
+    keygen.set_defaults(run=_cmd_keygen)
     return parser
 
 

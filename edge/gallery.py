@@ -17,6 +17,12 @@ is opened with:
 Every write is one transaction: an identity appears with all its templates or not at all, even
 when the process is killed mid-write. SQL is always parameterised; names are free unicode text.
 
+Templates are encrypted at rest when the gallery is opened with a key (``edge.keys``): each
+embedding is sealed with AES-256-GCM and bound to its identity row, and the file keeps a key
+check, so a gallery copied elsewhere without its key yields no embedding, and a wrong key is
+refused at open. Names, yaws and dates stay readable (an operator lists who is enrolled without
+the key being exposed to tools that only list); the biometric part is the embedding.
+
 Export format (``poseface.gallery`` version 1, JSON lines, UTF-8): line 1 is a header
 ``{"format": "poseface.gallery", "version": 1, "dim": D, "exported": TIME, "identities": N}``;
 each further line is one identity ``{"name", "created", "metadata", "templates": [{"embedding",
@@ -44,7 +50,10 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+# Version 2 lets a template's embedding be sealed (AES-256-GCM: 28 bytes more than the plain
+# float32 bytes); version 1 files (plain only) are still read and written, but cannot be encrypted.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 # "PFGL" as a big-endian int32: SQLite's header field for telling file formats apart.
 APPLICATION_ID = 0x5046474C
 EXPORT_FORMAT = "poseface.gallery"
@@ -72,7 +81,7 @@ CREATE TABLE templates (
     id INTEGER PRIMARY KEY,
     identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
     embedding BLOB NOT NULL,
-    dim INTEGER NOT NULL CHECK (dim > 0 AND length(embedding) = 4 * dim),
+    dim INTEGER NOT NULL CHECK (dim > 0 AND length(embedding) IN (4 * dim, 4 * dim + 28)),
     yaw_deg REAL NOT NULL CHECK (yaw_deg BETWEEN -180.0 AND 180.0),
     created TEXT NOT NULL,
     source TEXT NOT NULL
@@ -242,20 +251,47 @@ class Gallery:
     One object per thread: sqlite3 connections refuse to be shared across threads.
     """
 
-    def __init__(self, path: Path, conn: sqlite3.Connection, dim: int | None):
+    def __init__(self, path: Path, conn: sqlite3.Connection, dim: int | None, sealer=None, locked: bool = False):
         self.path = path
         self._conn = conn
         self._dim = dim
+        self._sealer = sealer
+        # Encrypted, opened without its key: names can be listed and removed, no embedding read or written.
+        self._locked = locked
+
+    @property
+    def encrypted(self) -> bool:
+        """Whether templates are sealed with the gallery key."""
+        return self._sealer is not None or self._locked
 
     # ------------------------------------------------------------------ open / close
 
     @classmethod
-    def open(cls, path: os.PathLike | str, dim: int | None = None, create: bool = True) -> Gallery:
+    def open(
+        cls,
+        path: os.PathLike | str,
+        dim: int | None = None,
+        create: bool = True,
+        key: bytes | None = None,
+        without_key: bool = False,
+    ) -> Gallery:
         """Open (and with ``create``, create) the gallery at ``path``.
 
         ``dim`` is the embedding dimension the caller works with: a new gallery is fixed to it
         (or to the first template's when None); an existing gallery with another dim is refused.
+        ``key`` (32 bytes, :func:`edge.keys.load_key`): a new gallery is encrypted with it; an
+        encrypted gallery opens only with its own key; a plain gallery with templates refuses a key
+        (export it and import into a new, encrypted gallery). ``without_key``: an encrypted gallery
+        opens without its key for what needs none (list, remove, integrity of the rows).
         """
+        sealer = None
+        if key is not None:
+            from edge.keys import KeyFileError, Sealer
+
+            try:
+                sealer = Sealer(key)
+            except KeyFileError as err:
+                raise GalleryError(f"{path}: {err}") from None
         path = Path(path)
         if dim is not None and (isinstance(dim, bool) or not isinstance(dim, int) or dim <= 0):
             raise GalleryError(f"{path}: dim: expected a positive integer, got {dim!r}")
@@ -273,14 +309,17 @@ class Gallery:
         except sqlite3.Error as err:
             raise GalleryError(f"{path}: cannot open ({err})") from None
         try:
-            stored_dim = cls._prepare(path, conn, dim)
+            stored_dim, encrypted = cls._prepare(path, conn, dim, sealer, without_key)
         except BaseException:
             conn.close()
             raise
-        return cls(path, conn, stored_dim)
+        locked = encrypted and sealer is None
+        return cls(path, conn, stored_dim, sealer if encrypted else None, locked)
 
     @staticmethod
-    def _prepare(path: Path, conn: sqlite3.Connection, dim: int | None) -> int | None:
+    def _prepare(
+        path: Path, conn: sqlite3.Connection, dim: int | None, sealer, without_key: bool = False
+    ) -> tuple[int | None, bool]:
         try:
             # The first read of the header: a file that is not SQLite fails right here.
             app_id = conn.execute("PRAGMA application_id").fetchone()[0]
@@ -315,16 +354,19 @@ class Gallery:
                 if dim is not None:
                     conn.execute("INSERT INTO settings (key, value) VALUES ('dim', ?)", (str(dim),))
                 conn.execute("INSERT INTO settings (key, value) VALUES ('created', ?)", (utc_now(),))
+                if sealer is not None:
+                    _set_encryption(conn, sealer)
             else:
                 version = conn.execute("PRAGMA user_version").fetchone()[0]
-                if version != SCHEMA_VERSION:
+                if version not in READABLE_VERSIONS:
                     newer = "a newer" if version > SCHEMA_VERSION else "an older"
                     raise GalleryError(
-                        f"{path}: gallery schema version {version}, this program reads version {SCHEMA_VERSION} "
-                        f"(written by {newer} poseface-edge)"
+                        f"{path}: gallery schema version {version}, this program reads versions "
+                        f"{', '.join(map(str, READABLE_VERSIONS))} (written by {newer} poseface-edge)"
                     )
                 if not _TABLES <= tables:
                     raise GalleryError(f"{path}: not a gallery (tables {sorted(_TABLES - tables)} are missing)")
+            encrypted = _check_encryption(path, conn, sealer, without_key)
             row = conn.execute("SELECT value FROM settings WHERE key = 'dim'").fetchone()
             stored = int(row[0]) if row else None
             if stored is not None and dim is not None and stored != dim:
@@ -336,7 +378,7 @@ class Gallery:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
-        return stored
+        return stored, encrypted
 
     def close(self) -> None:
         self._conn.close()
@@ -391,6 +433,33 @@ class Gallery:
             raise GalleryError(f"identity {name!r}: templates: expected one embedding dim, got {sorted(dims)}")
         return rows
 
+    def _need_key(self, what: str) -> None:
+        if self._locked:
+            raise GalleryError(f"{self.path}: templates are encrypted: {what} needs the gallery key (--key-file FILE)")
+
+    def _stored_bytes(self, unit: np.ndarray, identity_id: int) -> bytes:
+        self._need_key("adding templates")
+        plain = _embedding_bytes(unit)
+        if self._sealer is None:
+            return plain
+        from edge.keys import template_aad
+
+        return self._sealer.seal(plain, template_aad(identity_id))
+
+    def _embedding(self, blob: bytes, dim: int, identity_id: int, where: str) -> np.ndarray:
+        """A stored embedding, unsealed when the gallery is encrypted; GalleryError when it will not open."""
+        self._need_key("reading templates")
+        if self._sealer is not None:
+            from edge.keys import template_aad
+
+            plain = self._sealer.open(bytes(blob), template_aad(identity_id))
+            if plain is None:
+                raise GalleryError(f"{self.path}: {where}: sealed embedding fails authentication (altered or moved)")
+            blob = plain
+        elif len(blob) != 4 * dim:
+            raise GalleryError(f"{self.path}: {where}: embedding is sealed but the gallery has no key")
+        return _embedding_from_bytes(blob, dim)
+
     def _insert_templates(self, identity_id: int, rows: list[tuple], created: str | None = None) -> None:
         """Insert (unit embedding, yaw, source, created or None) rows; inside a write transaction."""
         dim = self._dim_in_transaction(rows[0][0].size)
@@ -400,7 +469,14 @@ class Gallery:
         self._conn.executemany(
             "INSERT INTO templates (identity_id, embedding, dim, yaw_deg, created, source) VALUES (?, ?, ?, ?, ?, ?)",
             [
-                (identity_id, _embedding_bytes(unit), unit.size, yaw, row_created or default_created, source)
+                (
+                    identity_id,
+                    self._stored_bytes(unit, identity_id),
+                    unit.size,
+                    yaw,
+                    row_created or default_created,
+                    source,
+                )
                 for unit, yaw, source, row_created in rows
             ],
         )
@@ -524,21 +600,24 @@ class Gallery:
         if identity_id is None:
             raise GalleryError(f"identity {name!r} is not enrolled")
         rows = self._conn.execute(
-            "SELECT embedding, dim, yaw_deg, created, source FROM templates WHERE identity_id = ? ORDER BY id",
+            "SELECT id, embedding, dim, yaw_deg, created, source FROM templates WHERE identity_id = ? ORDER BY id",
             (identity_id,),
         )
-        return [StoredTemplate(_embedding_from_bytes(b, d), float(y), c, s) for b, d, y, c, s in rows]
+        return [
+            StoredTemplate(self._embedding(b, d, identity_id, f"template {t} of {name!r}"), float(y), c, s)
+            for t, b, d, y, c, s in rows
+        ]
 
     def templates(self) -> GalleryArrays:
         """All templates as arrays for matching (see :class:`GalleryArrays`); D = 0 when empty."""
         rows = self._conn.execute(
-            "SELECT i.name, t.embedding, t.dim, t.yaw_deg FROM templates t "
+            "SELECT i.name, t.embedding, t.dim, t.yaw_deg, t.identity_id, t.id FROM templates t "
             "JOIN identities i ON i.id = t.identity_id ORDER BY i.name, t.id"
         ).fetchall()
         dim = rows[0][2] if rows else (self.dim or 0)
         embeddings = np.zeros((len(rows), dim), dtype=np.float32)
-        for k, (_, blob, d, _) in enumerate(rows):
-            embeddings[k] = _embedding_from_bytes(blob, d)
+        for k, (name, blob, d, _, identity_id, tid) in enumerate(rows):
+            embeddings[k] = self._embedding(blob, d, identity_id, f"template {tid} of {name!r}")
         yaws = np.array([r[3] for r in rows], dtype=np.float32)
         return GalleryArrays([r[0] for r in rows], embeddings, yaws)
 
@@ -632,8 +711,8 @@ class Gallery:
             problems.append(f"foreign_key_check: {table} row {rowid} points at a missing {parent} row")
         if self._conn.execute("PRAGMA application_id").fetchone()[0] != APPLICATION_ID:
             problems.append("application_id: not a gallery's")
-        if self._conn.execute("PRAGMA user_version").fetchone()[0] != SCHEMA_VERSION:
-            problems.append(f"user_version: expected {SCHEMA_VERSION}")
+        if self._conn.execute("PRAGMA user_version").fetchone()[0] not in READABLE_VERSIONS:
+            problems.append(f"user_version: expected one of {READABLE_VERSIONS}")
         identities = 0
         for name, metadata in self._conn.execute("SELECT name, metadata FROM identities"):
             identities += 1
@@ -653,19 +732,26 @@ class Gallery:
         templates = 0
         gallery_dim = self._stored_dim()
         rows = self._conn.execute(
-            "SELECT t.id, i.name, t.embedding, t.dim, t.yaw_deg "
+            "SELECT t.id, i.name, t.embedding, t.dim, t.yaw_deg, t.identity_id "
             "FROM templates t JOIN identities i ON i.id = t.identity_id"
         )
-        for tid, name, blob, dim, yaw in rows:
+        overhead = _SEAL_OVERHEAD if self.encrypted else 0
+        for tid, name, blob, dim, yaw, identity_id in rows:
             templates += 1
             where = f"template {tid} of {name!r}"
             if gallery_dim is not None and dim != gallery_dim:
                 problems.append(f"{where}: dim {dim}, the gallery's is {gallery_dim}")
                 continue
-            if len(blob) != 4 * dim:
-                problems.append(f"{where}: embedding has {len(blob)} bytes, expected {4 * dim}")
+            if len(blob) != 4 * dim + overhead:
+                problems.append(f"{where}: embedding has {len(blob)} bytes, expected {4 * dim + overhead}")
                 continue
-            vec = _embedding_from_bytes(blob, dim).astype(np.float64)
+            if self._locked:
+                continue  # sealed: its size is checked; what is inside needs the key
+            try:
+                vec = self._embedding(blob, dim, identity_id, where).astype(np.float64)
+            except GalleryError as err:
+                problems.append(str(err).split(": ", 1)[1])
+                continue
             if not np.isfinite(vec).all():
                 problems.append(f"{where}: embedding contains NaN or infinity")
             elif abs(float(np.linalg.norm(vec)) - 1.0) > NORM_TOLERANCE:
@@ -673,6 +759,45 @@ class Gallery:
             if not (isinstance(yaw, float) and math.isfinite(yaw)):
                 problems.append(f"{where}: yaw_deg {yaw!r} is not a finite number")
         return IntegrityReport(ok=not problems, problems=tuple(problems), identities=identities, templates=templates)
+
+
+_SEAL_OVERHEAD = 28  # edge.keys.SEAL_OVERHEAD: nonce 12 + tag 16 (the schema's CHECK says the same)
+
+
+def _set_encryption(conn: sqlite3.Connection, sealer) -> None:
+    from edge.keys import CIPHER
+
+    conn.execute("INSERT INTO settings (key, value) VALUES ('encryption', ?)", (CIPHER,))
+    conn.execute("INSERT INTO settings (key, value) VALUES ('key_check', ?)", (sealer.key_check(),))
+
+
+def _check_encryption(path: Path, conn: sqlite3.Connection, sealer, without_key: bool = False) -> bool:
+    """Whether the gallery is encrypted; refuses a missing or wrong key, or a key for a plain
+    gallery that already holds templates. Runs inside the open's write transaction."""
+    settings = dict(conn.execute("SELECT key, value FROM settings WHERE key IN ('encryption', 'key_check')"))
+    if "encryption" in settings:
+        if sealer is None:
+            if without_key:
+                return True
+            raise GalleryError(
+                f"{path}: templates are encrypted ({settings['encryption']}): give the gallery key "
+                "(--key-file FILE, or gallery.key_file / gallery.key_credential in the config)"
+            )
+        if not sealer.matches(settings.get("key_check", "")):
+            raise GalleryError(f"{path}: this key does not open the gallery (its key check fails): another key?")
+        return True
+    if sealer is None:
+        return False
+    version = conn.execute("PRAGMA user_version").fetchone()[0]
+    has_templates = conn.execute("SELECT 1 FROM templates LIMIT 1").fetchone() is not None
+    if has_templates or version < 2:
+        raise GalleryError(
+            f"{path}: a gallery without encryption (its templates are plain): to encrypt it, export it "
+            "(python -m edge.enroll export FILE) and import FILE into a new gallery with --key-file, then remove "
+            "the old gallery and the export"
+        )
+    _set_encryption(conn, sealer)  # an empty version-2 gallery becomes encrypted
+    return True
 
 
 class _Transaction:

@@ -128,8 +128,9 @@ def matching_thresholds(cfg: RuntimeConfig, embedder):
 class GalleryView:
     """The gallery's templates, re-read when the file changes (enrolment while running)."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, key: bytes | None = None):
         self.path = Path(path)
+        self._key = key
         self._stamp: tuple | None = None
         self._checked = 0.0
         self._arrays = None
@@ -148,7 +149,9 @@ class GalleryView:
             return
         stat = self.path.stat()
         self._stamp = (stat.st_mtime_ns, stat.st_size)
-        with Gallery.open(self.path, create=False) as gallery:
+        with Gallery.open(self.path, create=False, key=self._key) as gallery:
+            if not gallery.encrypted and self._arrays is None:
+                log.warning("gallery %s is not encrypted: set gallery.key_file (or key_credential)", self.path)
             self._arrays = gallery.templates()
         self.identities = len(set(self._arrays.names))
 
@@ -191,7 +194,11 @@ def build_pipeline(cfg: RuntimeConfig, stills: bool):
     if cfg.embedding.model is not None:
         embedder = load_model(cfg.embedding.model, threads=threads, providers=providers)
         thresholds = matching_thresholds(cfg, embedder)
-    gallery = GalleryView(cfg.gallery.path) if embedder is not None else None
+    gallery = None
+    if embedder is not None:
+        from edge.service import gallery_key
+
+        gallery = GalleryView(cfg.gallery.path, gallery_key(cfg.gallery.key_credential, cfg.gallery.key_file))
     pipeline = FacePipeline(
         detector,
         # Measured for BlazeFace short range; full-range boxes sit alike and the landmark

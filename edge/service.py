@@ -262,3 +262,24 @@ def credential_path(name: str, env: Mapping[str, str] | None = None) -> Path | N
         return None
     path = Path(folder) / name
     return path if path.is_file() else None
+
+
+def gallery_key(key_credential: str | None, key_file: Path | None, env: Mapping[str, str] | None = None):
+    """The gallery key from the systemd credential (tried first) or the key file; None when
+    neither is configured. A configured key that cannot be read is an error (KeyFileError),
+    never a silent fall back to a plain gallery."""
+    from edge.keys import KeyFileError, load_key
+
+    if key_credential:
+        path = credential_path(key_credential, env)
+        if path is not None:
+            return load_key(path)
+        if key_file is None:
+            raise KeyFileError(
+                f"gallery.key_credential {key_credential!r}: no such credential ($CREDENTIALS_DIRECTORY unset or "
+                "without it; LoadCredential= in the unit) and no gallery.key_file to fall back on"
+            )
+    if key_file is not None:
+        return load_key(key_file)
+    return None
+
