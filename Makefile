@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 OUT ?= out
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint faults clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -25,6 +25,11 @@ test: $(BIN)/python
 	$(BIN)/pip install -q -e '.[train,quant,dev,baseline]'
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
+
+# The reliability campaign (python -m edge.faults): every fault, full repetitions, one table.
+faults: $(BIN)/python
+	$(BIN)/pip install -q -e '.[dev]'
+	$(BIN)/python -m edge.faults --json $(OUT)/faults.json
 
 lint: $(BIN)/python
 	$(BIN)/python -m ruff check .

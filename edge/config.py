@@ -47,6 +47,7 @@ else:  # pragma: no cover - Python 3.9/3.10 (Jetson, older Raspberry Pi OS)
     import tomli as tomllib
 
 from edge.matching import DEFAULT_YAW_EDGES
+from edge.oneline import one_line
 from edge.runtime.meta import meta_path_for, variant_path
 
 # The schema's dataclass fields say Optional[X], not X | None: their annotations are evaluated
@@ -90,7 +91,7 @@ class ConfigError(ValueError):
     def __init__(self, file: str, key: str, expected: str, got: str):
         self.file, self.key, self.expected, self.got = file, key, expected, got
         where = f"{file}: {key}: " if key else f"{file}: "
-        super().__init__(f"{where}expected {expected}, got {got}")
+        super().__init__(one_line(f"{where}expected {expected}, got {got}"))
 
 
 class _FieldError(Exception):
@@ -394,7 +395,7 @@ def _convert_sinks(value: Any, key: str, ctx: _Context) -> tuple:
         if not isinstance(item, dict):
             raise _FieldError(where, "a sink table with a type", item)
         kind = item.get("type", _NOTHING)
-        if kind not in SINKS:
+        if not isinstance(kind, str) or kind not in SINKS:
             raise _FieldError(f"{where}.type", "one of " + ", ".join(map(repr, SINKS)), kind)
         sinks.append(_build(SINKS[kind], item, where, ctx))
     return tuple(sinks)
@@ -577,7 +578,7 @@ def _check_value(value: Any, hint: Any, key: str, meta: Mapping[str, Any], ctx: 
         if isinstance(value, bool) or not isinstance(value, int):
             raise _FieldError(key, expected, value)
     elif hint is float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not _finite(value):
             raise _FieldError(key, expected, value)
         value = float(value)
     elif hint is str:
@@ -588,7 +589,7 @@ def _check_value(value: Any, hint: Any, key: str, meta: Mapping[str, Any], ctx: 
             value = str(value)
         if not isinstance(value, str) or not value.strip():
             raise _FieldError(key, "a path", value)
-        path = Path(value).expanduser()
+        path = _expand_user(Path(value), key)
         value = path if path.is_absolute() else ctx.layer_of(key).base_dir / path
     elif get_origin(hint) is tuple:
         item_hint = get_args(hint)[0]
@@ -644,8 +645,36 @@ def _build(cls: type, data: Any, prefix: str, ctx: _Context) -> Any:
     return cls(**values)
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
+
+
+def _expand_user(path: Path, key: str) -> Path:
+    try:
+        return path.expanduser()
+    except RuntimeError:  # ~someone who does not exist here
+        raise _FieldError(key, "a path whose ~user exists", str(path)) from None
+
+
+def _is_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except (OSError, ValueError):  # a name too long for the file system, a NUL byte
+        return False
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except (OSError, ValueError):
+        return False
+
+
 def _require_file(path: Path | None, key: str, what: str) -> None:
-    if path is not None and not path.is_file():
+    if path is not None and not _is_file(path):
         raise _FieldError(key, f"an existing {what}", _Said(f"{path}, which does not exist"))
 
 
@@ -657,7 +686,7 @@ def _check_model(path: Path | None, key: str, backend: str) -> None:
         raise _FieldError(key, f"a {suffix} model for runtime.backend = {backend!r}", str(path), ("runtime.backend",))
     _require_file(path, key, "model file")
     meta = meta_path_for(path)
-    if not meta.is_file():
+    if not _is_file(meta):
         raise _FieldError(key, f"a model with its metadata beside it ({meta.name})", _Said(f"{path} without it"))
 
 
@@ -676,7 +705,7 @@ def _check_across(cfg: RuntimeConfig) -> None:
     if src.type in ("video", "folder"):
         if src.path is None:
             raise _FieldError("source.path", f"a path for source.type = {src.type!r}", _NOTHING, _TYPE)
-        exists = src.path.is_file() if src.type == "video" else src.path.is_dir()
+        exists = _is_file(src.path) if src.type == "video" else _is_dir(src.path)
         if not exists:
             what = "video file" if src.type == "video" else "folder of images"
             raise _FieldError("source.path", f"an existing {what}", _Said(f"{src.path}, which does not exist"), _TYPE)
@@ -804,6 +833,8 @@ def _read_toml(path: Path) -> dict:
         raise ConfigError(str(path), "", "valid TOML", f"a syntax error: {err}") from None
     except UnicodeDecodeError:
         raise ConfigError(str(path), "", "a UTF-8 TOML file", "undecodable bytes") from None
+    except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
+        raise ConfigError(str(path), "", "usable TOML", f"{type(err).__name__}: {err}") from None
 
 
 def profile_dirs(config_dir: Path | None = None) -> list[Path]:
@@ -823,15 +854,18 @@ def available_profiles(config_dir: Path | None = None) -> list[str]:
 def find_profile(name: Any, config_dir: Path | None, origin: str) -> Path:
     """A profile name (``pi4``) or a ``.toml`` path -> the profile file; ``origin`` is blamed on failure."""
     if isinstance(name, str) and name.endswith(".toml"):
-        path = Path(name).expanduser()
+        try:
+            path = Path(name).expanduser()
+        except RuntimeError:
+            raise ConfigError(origin, "profile", "a path whose ~user exists", name) from None
         if not path.is_absolute():
             path = (config_dir or Path.cwd()) / path
-        if path.is_file():
+        if _is_file(path):
             return path
         raise ConfigError(origin, "profile", "an existing profile file", f"{path}, which does not exist")
     if isinstance(name, str) and re.fullmatch(r"[A-Za-z0-9_\-]+", name):
         for folder in profile_dirs(config_dir):
-            if (folder / f"{name}.toml").is_file():
+            if _is_file(folder / f"{name}.toml"):
                 return folder / f"{name}.toml"
     known = ", ".join(available_profiles(config_dir)) or "none found"
     raise ConfigError(origin, "profile", f"a profile name ({known}) or a path to a .toml file", _show(name))

@@ -195,13 +195,25 @@ def _validate_source(source: Any, where: str) -> str:
         raise GalleryError(f"{where}: source: expected a string, got {type(source).__name__}")
     if len(source) > MAX_SOURCE_LENGTH:
         raise GalleryError(f"{where}: source: expected at most {MAX_SOURCE_LENGTH} characters, got {len(source)}")
+    _check_encodable(source, f"{where}: source")
     return source
+
+
+def _check_encodable(text: str, where: str) -> None:
+    """Text SQLite can store: UTF-8 encodable (no lone surrogate from a hostile JSON file)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise GalleryError(f"{where}: expected text, got a lone surrogate (not encodable as UTF-8)") from None
 
 
 def _validate_yaw(yaw: Any, where: str) -> float:
     if isinstance(yaw, bool) or not isinstance(yaw, (int, float, np.integer, np.floating)):
         raise GalleryError(f"{where}: yaw_deg: expected a number of degrees, got {yaw!r}")
-    yaw = float(yaw)
+    try:
+        yaw = float(yaw)
+    except OverflowError:
+        raise GalleryError(f"{where}: yaw_deg: expected a finite value in [-180, 180] degrees, got {yaw}") from None
     if not (math.isfinite(yaw) and -180.0 <= yaw <= 180.0):
         raise GalleryError(f"{where}: yaw_deg: expected a finite value in [-180, 180] degrees, got {yaw}")
     return yaw
@@ -904,6 +916,12 @@ def read_export(path: os.PathLike | str) -> tuple[int | None, list[tuple[int, _I
             value = json.loads(raw, parse_constant=_reject_constant)
         except ValueError as err:
             raise fail(line, f"not valid JSON ({err})") from None
+        except RecursionError:
+            raise fail(line, "not usable JSON (nested too deeply)") from None
+        try:  # "\ud800" is valid JSON but not text SQLite (or any UTF-8 file) can hold
+            json.dumps(value, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise fail(line, "a string holds a lone surrogate (not encodable as UTF-8)") from None
         if not isinstance(value, dict):
             raise fail(line, f"expected a JSON object, got {type(value).__name__}")
         return value

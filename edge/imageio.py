@@ -23,7 +23,10 @@ def read_image_bgr(path: os.PathLike | str) -> np.ndarray:
     if path.stat().st_size == 0:
         raise ImageReadError(f"{path}: image file is empty (0 bytes)")
     data = np.fromfile(str(path), dtype=np.uint8)
-    image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    try:
+        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+    except cv2.error:  # OpenCV asserts on some malformed headers instead of returning None
+        image = None
     if image is None:
         raise ImageReadError(f"{path}: not a decodable image (expected JPEG, PNG, PGM, ...)")
     return image

@@ -25,14 +25,10 @@ from edge.datasets.root import DatasetFormatError
 
 def _header_value(path: Path, lines: list[str], index: int, key: str) -> str:
     if index >= len(lines):
-        raise DatasetFormatError(
-            path, f"file ends before the '{key}: ...' header line", line=index + 1
-        )
+        raise DatasetFormatError(path, f"file ends before the '{key}: ...' header line", line=index + 1)
     name, sep, value = lines[index].partition(":")
     if not sep or name.strip() != key:
-        raise DatasetFormatError(
-            path, f"expected '{key}: ...' header, found {lines[index].strip()!r}", line=index + 1
-        )
+        raise DatasetFormatError(path, f"expected '{key}: ...' header, found {lines[index].strip()!r}", line=index + 1)
     return value.strip()
 
 
@@ -40,17 +36,13 @@ def _expect_line(path: Path, lines: list[str], index: int, text: str) -> None:
     if index >= len(lines):
         raise DatasetFormatError(path, f"file ends where {text!r} was expected", line=index + 1)
     if lines[index].strip() != text:
-        raise DatasetFormatError(
-            path, f"expected {text!r}, found {lines[index].strip()!r}", line=index + 1
-        )
+        raise DatasetFormatError(path, f"expected {text!r}, found {lines[index].strip()!r}", line=index + 1)
 
 
 def _parse_point(path: Path, line: str, line_no: int) -> tuple[float, float]:
     fields = line.split()
     if len(fields) != 2:
-        raise DatasetFormatError(
-            path, f"expected a point 'x y' (2 numbers), found {line.strip()!r}", line=line_no
-        )
+        raise DatasetFormatError(path, f"expected a point 'x y' (2 numbers), found {line.strip()!r}", line=line_no)
     try:
         x, y = float(fields[0]), float(fields[1])
     except ValueError:
@@ -58,9 +50,7 @@ def _parse_point(path: Path, line: str, line_no: int) -> tuple[float, float]:
             path, f"expected a point 'x y' (2 numbers), found {line.strip()!r}", line=line_no
         ) from None
     if not (math.isfinite(x) and math.isfinite(y)):
-        raise DatasetFormatError(
-            path, f"expected finite coordinates, found {line.strip()!r}", line=line_no
-        )
+        raise DatasetFormatError(path, f"expected finite coordinates, found {line.strip()!r}", line=line_no)
     return x, y
 
 
@@ -86,15 +76,15 @@ def read_pts(path: os.PathLike | str, n_points: int | None = 68) -> np.ndarray:
     try:
         declared = int(declared_text)
     except ValueError:
-        raise DatasetFormatError(
-            path, f"expected an integer point count, found {declared_text!r}", line=2
-        ) from None
+        raise DatasetFormatError(path, f"expected an integer point count, found {declared_text!r}", line=2) from None
     if declared < 0:
-        raise DatasetFormatError(
-            path, f"expected a non-negative point count, found {declared}", line=2
-        )
+        raise DatasetFormatError(path, f"expected a non-negative point count, found {declared}", line=2)
     if n_points is not None and declared != n_points:
         raise DatasetFormatError(path, f"expected n_points: {n_points}, found {declared}", line=2)
+    if declared > len(lines):  # more points than the file has lines: refuse before allocating them
+        raise DatasetFormatError(
+            path, f"n_points: {declared} declared, but the file has only {len(lines)} lines", line=2
+        )
     _expect_line(path, lines, 2, "{")
 
     points = np.empty((declared, 2), dtype=np.float32)

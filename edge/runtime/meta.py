@@ -31,6 +31,11 @@ os.umask(_UMASK)
 class MetaError(ValueError):
     """A metadata record is malformed; the message names the file (or object) and the field."""
 
+    def __init__(self, message: str):
+        from edge.oneline import one_line
+
+        super().__init__(one_line(message))
+
 
 class ModelHashError(ValueError):
     """The model file's sha256 differs from the one written in its metadata."""
@@ -125,7 +130,12 @@ def _fail(source: str, name: str, expected: str, value: Any) -> MetaError:
 
 
 def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        return False
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _check_str(source: str, name: str, value: Any, allowed: tuple[str, ...] = ()) -> None:
@@ -258,6 +268,10 @@ def load_meta(path: os.PathLike | str) -> ModelMeta:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
         raise MetaError(f"{path}: not valid JSON ({err})") from None
+    except (ValueError, RecursionError) as err:  # a number too long to convert, nesting too deep
+        raise MetaError(f"{path}: not usable JSON ({type(err).__name__}: {err})") from None
+    except OSError as err:
+        raise MetaError(f"{path}: cannot read ({err.strerror})") from None
     return meta_from_dict(data, source=str(path))
 
 
