@@ -86,6 +86,29 @@ def real_frames(count: int, hold: int = 12, gap: int = 20, seed: int = 0) -> tup
     return schedule, sorted(people)
 
 
+def serve_on_loopback(handler, port: int = 0) -> socketserver.ThreadingTCPServer:
+    """A threading TCP server for ``handler`` on 127.0.0.1:``port`` (0: any free port), serving
+    in a daemon thread; the same port can be bound again after :func:`cut_server`."""
+    server = socketserver.ThreadingTCPServer(("127.0.0.1", port), handler, bind_and_activate=False)
+    server.daemon_threads = True
+    server.allow_reuse_address = True
+    server.server_bind()
+    server.server_activate()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    return server
+
+
+def cut_server(server, connections=()) -> None:
+    """Stop listening and tear down every open connection (a camera or receiver that dies)."""
+    server.shutdown()
+    server.server_close()
+    for connection in list(connections):
+        try:
+            connection.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+
+
 class Camera:
     """An MJPEG-over-HTTP camera on 127.0.0.1 serving ``frames`` in a loop; ``cut()`` kills it
     (listening socket and every open stream), ``restore()`` brings it back on the same port.
@@ -136,26 +159,14 @@ class Camera:
         return Handler
 
     def start(self) -> Camera:
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), self._handler(), bind_and_activate=False)
-        server.daemon_threads = True
-        server.allow_reuse_address = True
-        server.server_bind()
-        server.server_activate()
-        self.port = server.server_address[1]
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = serve_on_loopback(self._handler(), self.port)
+        self.port = self._server.server_address[1]
         return self
 
     def cut(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
         with self._lock:
             connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
+        cut_server(self._server, connections)
 
     def restore(self) -> None:
         self.start()
@@ -182,19 +193,12 @@ class Receiver:
             def log_message(self, *args):
                 pass
 
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), Handler, bind_and_activate=False)
-        server.daemon_threads = True
-        server.allow_reuse_address = True
-        server.server_bind()
-        server.server_activate()
-        self.port = server.server_address[1]
-        self._server = server
-        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+        self._server = serve_on_loopback(Handler, self.port)
+        self.port = self._server.server_address[1]
         return self
 
     def stop(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
+        cut_server(self._server)
 
 
 # ----------------------------------------------------------------------------- the service under test
@@ -516,7 +520,7 @@ def fault_kill_import(work: Path, key: Path, times: int) -> Outcome:
         g.add_identity("resident", [Template(np.ones(128), 0.0, "cam")])
     for _ in range(times):
         out.injected += 1
-        _kill_at_random([sys.executable, "-c", _IMPORT_CHILD, str(path), str(key), str(export)], "start", 0.0, 0.12)
+        _kill_at_random([sys.executable, "-c", _IMPORT_CHILD, str(path), str(key), str(export)], "start", 0.02, 0.1)
         with Gallery.open(path, key=load_key(key)) as g:
             report = g.integrity_check()
             names = {i.name for i in g.list()}

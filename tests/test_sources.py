@@ -7,7 +7,6 @@ import http.server
 import os
 import random
 import socket
-import socketserver
 import subprocess
 import sys
 import threading
@@ -17,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 
+from edge.faults import cut_server, serve_on_loopback
 from edge.sources import (
     SOURCES,
     Backoff,
@@ -306,30 +306,15 @@ class MjpegServer:
         return Handler
 
     def start(self):
-        server = socketserver.ThreadingTCPServer(("127.0.0.1", self.port), self._handler(), bind_and_activate=False)
-        server.daemon_threads = True
-        server.allow_reuse_address = True
-        server.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        server.server_bind()
-        server.server_activate()
-        self.port = server.server_address[1]
-        self._server = server
-        self._thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
-        self._thread.start()
+        self._server = serve_on_loopback(self._handler(), self.port)
+        self.port = self._server.server_address[1]
         return self
 
     def cut(self):
         """The camera dies: no more listening socket, every open stream torn down."""
-        self._server.shutdown()
-        self._server.server_close()
         with self._lock:
             connections = list(self._connections)
-        for connection in connections:
-            try:
-                connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-        self._thread.join(timeout=2)
+        cut_server(self._server, connections)
 
     def restore(self):
         self.generation += 1
