@@ -45,7 +45,7 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 FOLD9 = range(401, 451)
-IMPORT_SIZE = 2000
+IMPORT_SIZE = 20000
 
 
 @dataclass
@@ -289,6 +289,7 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
     _wait(lambda: frames_seen() >= 10, 60)
     identities = runner.gallery.identities
     outages = []
+    tracks_kept = 0
     for _ in range(cuts):
         out.injected += 1
         before_frames, before_events = frames_seen(), len(_events(events))
@@ -299,7 +300,13 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
         camera.restore()
         resumed = _wait(lambda b=before_frames: frames_seen() >= b + 10, 30)
         events_resumed = _wait(lambda b=before_events: len(_events(events)) > b + 4, 60)
-        if reconnecting and resumed and events_resumed and thread.is_alive():
+        # The tracker lives on across the outage: track ids keep counting, never start again.
+        seen = _events(events)
+        ids_before = {e["track_id"] for e in seen[:before_events]}
+        new_after = {e["track_id"] for e in seen[before_events:]} - ids_before
+        kept_tracks = not ids_before or not new_after or min(new_after) > max(ids_before)
+        tracks_kept += kept_tracks
+        if reconnecting and resumed and events_resumed and kept_tracks and thread.is_alive():
             out.survived += 1
         outages.append(runner.source.health().get("outage_seconds"))
     runner._publish()
@@ -311,6 +318,7 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
     out.detail = {
         "reconnects": snap["source"].get("reconnects"),
         "outage_seconds_reported": snap["source"].get("outage_seconds"),
+        "tracker_kept_across_cuts": tracks_kept,
         "corrupt_frames_sent": corrupt_sent(),
         "bad_frames_counted": snap["source"].get("bad_frames", 0) + snap["counters"].get("bad_frames", 0),
         "frames": snap["counters"]["frames"],
@@ -499,8 +507,27 @@ def fault_kill_enrolment(work: Path, key: Path, times: int) -> Outcome:
     return out
 
 
+def write_export(path: Path, count: int, dim: int = 128) -> Path:
+    """A ``poseface.gallery`` export of ``count`` random identities, written directly (fast)."""
+    import base64
+
+    from edge.gallery import EXPORT_FORMAT, EXPORT_VERSION, utc_now
+
+    now = utc_now()
+    header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dim": dim, "exported": now, "identities": count}
+    lines = [json.dumps(header)]
+    rng = np.random.default_rng(10**6)
+    for k in range(count):
+        vec = rng.normal(size=dim)
+        blob = (vec / np.linalg.norm(vec)).astype("<f4").tobytes()
+        template = {"embedding": base64.b64encode(blob).decode(), "yaw_deg": 0.0, "created": now, "source": "file"}
+        lines.append(json.dumps({"name": f"imported{k}", "created": now, "metadata": {}, "templates": [template]}))
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
 def fault_kill_import(work: Path, key: Path, times: int) -> Outcome:
-    """kill -9 while a 3000-identity import runs: the gallery holds all of it or none of it."""
+    """kill -9 while a 20,000-identity import runs: the gallery holds all of it or none of it."""
     from edge.gallery import Gallery, Template
     from edge.keys import load_key
 
@@ -511,16 +538,12 @@ def fault_kill_import(work: Path, key: Path, times: int) -> Outcome:
     for stale in (source, export, path):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{stale}{suffix}").unlink(missing_ok=True)
-    with Gallery.open(source, dim=128) as g:
-        for k in range(IMPORT_SIZE):
-            rng = np.random.default_rng(10**6 + k)
-            g.add_identity(f"imported{k}", [Template(rng.normal(size=128), 0.0, "file")])
-        g.export(export)
+    write_export(export, IMPORT_SIZE)
     with Gallery.open(path, dim=128, key=load_key(key)) as g:
         g.add_identity("resident", [Template(np.ones(128), 0.0, "cam")])
     for _ in range(times):
         out.injected += 1
-        _kill_at_random([sys.executable, "-c", _IMPORT_CHILD, str(path), str(key), str(export)], "start", 0.02, 0.1)
+        _kill_at_random([sys.executable, "-c", _IMPORT_CHILD, str(path), str(key), str(export)], "start", 0.0, 1.5)
         with Gallery.open(path, key=load_key(key)) as g:
             report = g.integrity_check()
             names = {i.name for i in g.list()}
