@@ -232,11 +232,13 @@ def _cmd_add(args) -> int:
         raise GalleryError(f"--images {images_dir}: no such folder")
     if not list_images(images_dir):
         raise GalleryError(f"--images {images_dir}: folder holds no image files")
-    # Refuse a bad or taken name before the slow part (models and photos).
+    # Refuse a bad or taken name, or a missing or wrong key, before the slow part (models and photos).
     validate_name(args.name)
-    if not args.append and Path(args.gallery).exists():
-        with _open(args, without_key=True, create=False) as gallery:
-            if args.name in gallery:
+    if Path(args.gallery).exists():
+        with _open(args, without_key=args.key_file is None, create=False) as gallery:
+            if gallery.encrypted and args.key_file is None:
+                raise GalleryError(f"{args.gallery}: templates are encrypted: pass --key-file FILE to enrol")
+            if not args.append and args.name in gallery:
                 raise GalleryError(f"identity {args.name!r} is already in {args.gallery}: pass --append to add photos")
     embedder = build_embedder(
         {"embedder_model": args.embedder_model, "landmark_model": args.landmark_model, "threads": args.threads}
