@@ -532,10 +532,9 @@ def fault_kill_import(work: Path, key: Path, times: int) -> Outcome:
     from edge.keys import load_key
 
     out = Outcome("kill -9 during gallery import")
-    source = work / "import_source.sqlite"
     export = work / "import.jsonl"
     path = work / "crash_import.sqlite"
-    for stale in (source, export, path):
+    for stale in (export, path):
         for suffix in ("", "-wal", "-shm"):
             Path(f"{stale}{suffix}").unlink(missing_ok=True)
     write_export(export, IMPORT_SIZE)
