@@ -234,6 +234,7 @@ def _cmd_add(args) -> int:
         raise GalleryError(f"--images {images_dir}: folder holds no image files")
     # Refuse a bad or taken name, or a missing or wrong key, before the slow part (models and photos).
     validate_name(args.name)
+    _key(args)  # a missing, open or malformed key file is said now, for a new gallery too
     if Path(args.gallery).exists():
         with _open(args, without_key=args.key_file is None, create=False) as gallery:
             if gallery.encrypted and args.key_file is None:
@@ -265,7 +266,8 @@ def _cmd_add(args) -> int:
 
 
 def _cmd_list(args) -> int:
-    with _open(args, without_key=True, create=False) as gallery:
+    # Listing reads names only: never the key (which could also turn an empty gallery encrypted).
+    with Gallery.open(args.gallery, create=False, without_key=True) as gallery:
         identities = gallery.list()
         dim = gallery.dim
     if args.json:

@@ -94,6 +94,11 @@ _TABLES = {"settings", "identities", "templates"}
 class GalleryError(ValueError):
     """A gallery operation was refused; the message names the file (or name/field) and why."""
 
+    def __init__(self, message: str):
+        from edge.oneline import one_line
+
+        super().__init__(one_line(message))
+
 
 class GalleryImportError(GalleryError):
     """An export file is malformed; the message names the file and the line."""
@@ -449,24 +454,28 @@ class Gallery:
         if self._locked:
             raise GalleryError(f"{self.path}: templates are encrypted: {what} needs the gallery key (--key-file FILE)")
 
-    def _stored_bytes(self, unit: np.ndarray, identity_id: int) -> bytes:
+    def _stored_bytes(self, unit: np.ndarray, owner: tuple, yaw: float) -> bytes:
+        """``owner``: (identity id, name, enrolled) of the person the template belongs to."""
         self._need_key("adding templates")
         plain = _embedding_bytes(unit)
         if self._sealer is None:
             return plain
         from edge.keys import template_aad
 
-        return self._sealer.seal(plain, template_aad(identity_id))
+        return self._sealer.seal(plain, template_aad(*owner, yaw, unit.size))
 
-    def _embedding(self, blob: bytes, dim: int, identity_id: int, where: str) -> np.ndarray:
+    def _embedding(self, blob: bytes, dim: int, owner: tuple, yaw: float, where: str) -> np.ndarray:
         """A stored embedding, unsealed when the gallery is encrypted; GalleryError when it will not open."""
         self._need_key("reading templates")
         if self._sealer is not None:
             from edge.keys import template_aad
 
-            plain = self._sealer.open(bytes(blob), template_aad(identity_id))
+            plain = self._sealer.open(bytes(blob), template_aad(*owner, yaw, dim))
             if plain is None:
-                raise GalleryError(f"{self.path}: {where}: sealed embedding fails authentication (altered or moved)")
+                raise GalleryError(
+                    f"{self.path}: {where}: sealed embedding fails authentication (altered, or moved to another "
+                    "person, or its name or yaw edited)"
+                )
             blob = plain
         elif len(blob) != 4 * dim:
             raise GalleryError(f"{self.path}: {where}: embedding is sealed but the gallery has no key")
@@ -478,12 +487,21 @@ class Gallery:
         if rows[0][0].size != dim:
             raise GalleryError(f"{self.path}: gallery holds {dim}-d embeddings, got {rows[0][0].size}-d templates")
         default_created = created or utc_now()
+        self._need_key("adding templates")
+        # Another connection may have encrypted this (empty) gallery since we opened it.
+        encrypted = self._conn.execute("SELECT 1 FROM settings WHERE key = 'encryption'").fetchone() is not None
+        if encrypted and self._sealer is None:
+            raise GalleryError(f"{self.path}: the gallery was encrypted since it was opened here; open it with the key")
+        name, enrolled = self._conn.execute(
+            "SELECT name, created FROM identities WHERE id = ?", (identity_id,)
+        ).fetchone()
+        owner = (identity_id, name, enrolled)
         self._conn.executemany(
             "INSERT INTO templates (identity_id, embedding, dim, yaw_deg, created, source) VALUES (?, ?, ?, ?, ?, ?)",
             [
                 (
                     identity_id,
-                    self._stored_bytes(unit, identity_id),
+                    self._stored_bytes(unit, owner, yaw),
                     unit.size,
                     yaw,
                     row_created or default_created,
@@ -611,25 +629,28 @@ class Gallery:
         identity_id = self._identity_id(name)
         if identity_id is None:
             raise GalleryError(f"identity {name!r} is not enrolled")
+        enrolled = self._conn.execute("SELECT created FROM identities WHERE id = ?", (identity_id,)).fetchone()[0]
+        owner = (identity_id, name, enrolled)
         rows = self._conn.execute(
             "SELECT id, embedding, dim, yaw_deg, created, source FROM templates WHERE identity_id = ? ORDER BY id",
             (identity_id,),
         )
         return [
-            StoredTemplate(self._embedding(b, d, identity_id, f"template {t} of {name!r}"), float(y), c, s)
+            StoredTemplate(self._embedding(b, d, owner, y, f"template {t} of {name!r}"), float(y), c, s)
             for t, b, d, y, c, s in rows
         ]
 
     def templates(self) -> GalleryArrays:
         """All templates as arrays for matching (see :class:`GalleryArrays`); D = 0 when empty."""
         rows = self._conn.execute(
-            "SELECT i.name, t.embedding, t.dim, t.yaw_deg, t.identity_id, t.id FROM templates t "
+            "SELECT i.name, t.embedding, t.dim, t.yaw_deg, t.identity_id, t.id, i.created FROM templates t "
             "JOIN identities i ON i.id = t.identity_id ORDER BY i.name, t.id"
         ).fetchall()
         dim = rows[0][2] if rows else (self.dim or 0)
         embeddings = np.zeros((len(rows), dim), dtype=np.float32)
-        for k, (name, blob, d, _, identity_id, tid) in enumerate(rows):
-            embeddings[k] = self._embedding(blob, d, identity_id, f"template {tid} of {name!r}")
+        for k, (name, blob, d, yaw, identity_id, tid, enrolled) in enumerate(rows):
+            owner = (identity_id, name, enrolled)
+            embeddings[k] = self._embedding(blob, d, owner, yaw, f"template {tid} of {name!r}")
         yaws = np.array([r[3] for r in rows], dtype=np.float32)
         return GalleryArrays([r[0] for r in rows], embeddings, yaws)
 
@@ -744,11 +765,11 @@ class Gallery:
         templates = 0
         gallery_dim = self._stored_dim()
         rows = self._conn.execute(
-            "SELECT t.id, i.name, t.embedding, t.dim, t.yaw_deg, t.identity_id "
+            "SELECT t.id, i.name, t.embedding, t.dim, t.yaw_deg, t.identity_id, i.created "
             "FROM templates t JOIN identities i ON i.id = t.identity_id"
         )
         overhead = _SEAL_OVERHEAD if self.encrypted else 0
-        for tid, name, blob, dim, yaw, identity_id in rows:
+        for tid, name, blob, dim, yaw, identity_id, enrolled in rows:
             templates += 1
             where = f"template {tid} of {name!r}"
             if gallery_dim is not None and dim != gallery_dim:
@@ -760,7 +781,7 @@ class Gallery:
             if self._locked:
                 continue  # sealed: its size is checked; what is inside needs the key
             try:
-                vec = self._embedding(blob, dim, identity_id, where).astype(np.float64)
+                vec = self._embedding(blob, dim, (identity_id, name, enrolled), yaw, where).astype(np.float64)
             except GalleryError as err:
                 problems.append(str(err).split(": ", 1)[1])
                 continue
@@ -773,7 +794,7 @@ class Gallery:
         return IntegrityReport(ok=not problems, problems=tuple(problems), identities=identities, templates=templates)
 
 
-_SEAL_OVERHEAD = 28  # edge.keys.SEAL_OVERHEAD: nonce 12 + tag 16 (the schema's CHECK says the same)
+_SEAL_OVERHEAD = 28  # edge.keys.SEAL_OVERHEAD (nonce 12 + tag 16); the schema's CHECK says the same
 
 
 def _set_encryption(conn: sqlite3.Connection, sealer) -> None:

@@ -6,7 +6,8 @@ unit hands it to the service as a credential (``LoadCredential=gallery.key:/etc/
 credentials (systemd < 247), the config's ``gallery.key_file`` names the file.
 
 Each template's embedding is sealed with a fresh 96-bit nonce and bound (GCM's associated data)
-to the identity row it belongs to, so a template moved to another person no longer opens. A
+to its person (identity row, name, enrolment time) and to its yaw and dimension, so a template
+moved to another person, a swapped name or an edited yaw no longer opens. A
 gallery stores a *key check* (a known text sealed with its key): a wrong key is refused at
 open, not discovered as garbage embeddings.
 """
@@ -17,6 +18,7 @@ import base64
 import binascii
 import os
 import stat
+import tempfile
 from pathlib import Path
 
 KEY_BYTES = 32
@@ -30,6 +32,11 @@ _KEY_CHECK_AAD = b"poseface.gallery/key-check"
 
 class KeyFileError(ValueError):
     """The key file is missing, too open, or not a key; the message names the file."""
+
+    def __init__(self, message: str):
+        from edge.oneline import one_line
+
+        super().__init__(one_line(message))
 
 
 def _aesgcm(key: bytes):
@@ -66,8 +73,9 @@ def load_key(path: os.PathLike | str) -> bytes:
         key = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         key = b""
-    if len(key) != KEY_BYTES and len(raw := path.read_bytes()) == KEY_BYTES:
-        key = raw  # 32 raw bytes (head -c 32 /dev/urandom) are a key too
+    raw = path.read_bytes()
+    if len(key) != KEY_BYTES and len(raw) == KEY_BYTES and not raw.isascii():
+        key = raw  # 32 random raw bytes (head -c 32 /dev/urandom) are a key too; 32 characters of text are not
     if len(key) != KEY_BYTES:
         raise KeyFileError(f"{path}: expected one line of base64 holding {KEY_BYTES} bytes (a key from keygen)")
     return key
@@ -78,16 +86,36 @@ def generate_key(path: os.PathLike | str) -> Path:
     path = Path(path)
     if not path.parent.is_dir():
         raise KeyFileError(f"{path}: folder {path.parent} does not exist")
+    taken = f"{path}: a file is already there; a new key would orphan what the old one sealed"
+    if path.exists() or path.is_symlink():
+        raise KeyFileError(taken)
     data = base64.b64encode(os.urandom(KEY_BYTES)) + b"\n"
+    # Written whole to a private temporary file, then linked into place: the name never holds a
+    # partial key, and link() refuses to replace a file that appeared meanwhile.
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
     try:
-        fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    except FileExistsError:
-        raise KeyFileError(f"{path}: a file is already there; a new key would orphan what the old one sealed") from None
-    try:
-        os.write(fd, data)
+        os.fchmod(fd, 0o600)
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
-    finally:
         os.close(fd)
+        fd = -1
+        try:
+            os.link(tmp, path)
+        except FileExistsError:
+            raise KeyFileError(
+                f"{path}: a file is already there; a new key would orphan what the old one sealed"
+            ) from None
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        os.unlink(tmp)
+    folder = os.open(str(path.parent), os.O_RDONLY)
+    try:
+        os.fsync(folder)
+    finally:
+        os.close(folder)
     return path
 
 
@@ -125,6 +153,11 @@ class Sealer:
         return self.open(blob, _KEY_CHECK_AAD) == _KEY_CHECK_TEXT
 
 
-def template_aad(identity_id: int) -> bytes:
-    """What a sealed template is bound to: the identity row that owns it."""
-    return f"poseface.template/identity/{int(identity_id)}".encode("ascii")
+def template_aad(identity_id: int, name: str, enrolled: str, yaw_deg: float, dim: int) -> bytes:
+    """What a sealed template is bound to: the person who owns it (identity row, name and the time
+    that person was enrolled: a reused row number or a swapped name no longer fits) and the
+    template's own plain columns that matching trusts (the yaw picks the threshold, the dim)."""
+    import struct
+
+    owner = f"{int(identity_id)}\0{name}\0{enrolled}".encode()
+    return b"poseface.template/v1\0" + owner + b"\0" + struct.pack("<dI", float(yaw_deg), int(dim))

@@ -208,3 +208,49 @@ def test_raw_32_byte_key_files_are_keys_too(tmp_path):
     path.write_bytes(os.urandom(KEY_BYTES))
     path.chmod(0o600)
     assert load_key(path) == path.read_bytes()
+
+
+def test_a_swapped_name_or_an_edited_yaw_fails_authentication(tmp_path, key_file):
+    """The plain columns matching trusts are bound too: a person's name (who is recognised) and a
+    template's yaw (which threshold applies)."""
+    path = tmp_path / "g.sqlite"
+    key = load_key(key_file)
+    with Gallery.open(path, key=key) as g:
+        g.add_identity("Alice", templates(1))
+        g.add_identity("Mallory", templates(2))
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.execute("UPDATE identities SET name = 'tmp' WHERE name = 'Alice'")
+        conn.execute("UPDATE identities SET name = 'Alice' WHERE name = 'Mallory'")
+        conn.execute("UPDATE identities SET name = 'Mallory' WHERE name = 'tmp'")
+    conn.close()
+    with Gallery.open(path, key=key) as g:
+        with pytest.raises(GalleryError, match="fails authentication"):
+            g.templates()
+        assert not g.integrity_check().ok
+    conn = sqlite3.connect(path)
+    with conn:  # names back as they were: the gallery opens again ...
+        conn.execute("UPDATE identities SET name = 'tmp' WHERE name = 'Alice'")
+        conn.execute("UPDATE identities SET name = 'Alice' WHERE name = 'Mallory'")
+        conn.execute("UPDATE identities SET name = 'Mallory' WHERE name = 'tmp'")
+    conn.close()
+    with Gallery.open(path, key=key) as g:
+        assert g.templates().names == ["Alice"] * 3 + ["Mallory"] * 3
+    conn = sqlite3.connect(path)
+    with conn:  # ... until one yaw is edited
+        conn.execute("UPDATE templates SET yaw_deg = 80.0 WHERE id = 1")
+    conn.close()
+    with Gallery.open(path, key=key) as g, pytest.raises(GalleryError, match="template 1 of 'Alice'"):
+        g.templates()
+
+
+def test_a_gallery_encrypted_by_another_connection_refuses_plain_writes(tmp_path, key_file):
+    path = tmp_path / "g.sqlite"
+    plain = Gallery.open(path)  # empty, plain, still open
+    with Gallery.open(path, key=load_key(key_file)) as g:  # an empty version-2 gallery becomes encrypted
+        assert g.encrypted
+    with pytest.raises(GalleryError, match="encrypted since it was opened"):
+        plain.add_identity("Eve", templates(5))
+    plain.close()
+    with Gallery.open(path, key=load_key(key_file)) as g:
+        assert g.list() == [] and g.integrity_check().ok
