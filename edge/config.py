@@ -256,8 +256,8 @@ class RuntimeSection:
     threads: int = _f(2, doc="intra-op threads per model", ge=1, le=64)
     precision: str = _f(
         "fp32",
-        doc="which shipped variant of the landmark and identity models to run (int8: about 2x faster on a CPU, "
-        "accuracy cost in the model cards); ignored for a model path set explicitly",
+        doc="which shipped variant of the landmark and identity models to run (int8: 1.5-1.8x faster at one "
+        "thread on our x86 test CPU; accuracy cost in the model cards); ignored for a model path set explicitly",
         choices=PRECISIONS,
     )
     providers: Tuple[str, ...] = _f(

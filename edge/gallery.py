@@ -826,8 +826,8 @@ def _check_encryption(path: Path, conn: sqlite3.Connection, sealer, without_key:
     if has_templates or version < 2:
         raise GalleryError(
             f"{path}: a gallery without encryption (its templates are plain): to encrypt it, export it "
-            "(python -m edge.enroll export FILE) and import FILE into a new gallery with --key-file, then remove "
-            "the old gallery and the export"
+            "(python -m edge.enroll export FILE) and import FILE into a new gallery with --key-file; then erase "
+            "the old one (edge.enroll remove each name, which zeroes freed space) and shred the export"
         )
     _set_encryption(conn, sealer)  # an empty version-2 gallery becomes encrypted
     return True

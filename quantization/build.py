@@ -12,6 +12,8 @@ For each model:
    same way; if full int8 misses the selection budget, the most sensitive layers stay float
    (mixed precision), fewest first.
 4. TFLite fp32, fp16 and int8 (litert-torch from the training checkpoint in training/checkpoints).
+5. Identity variants: their own per-yaw device thresholds (``edge.calibrate``, CFP fold 9, FAR
+   1e-3, with the landmark variant of the same runtime and precision).
 
 Every file is written beside the fp32 model with its metadata (``<stem>.json``): checksum,
 precision, calibration faces, method, the layers kept in float and why. The accuracy numbers
@@ -230,6 +232,22 @@ def _version(dist: str) -> str:
     return version(dist)
 
 
+def calibrate_thresholds(identity_file: Path, landmarks_dir: Path) -> None:
+    """The device's per-yaw thresholds for one identity variant (``edge.calibrate`` on CFP fold 9,
+    FAR 1e-3), with the landmark variant of the same runtime and precision when it exists, as the
+    device would run them together; written into the variant's own metadata."""
+    from edge.calibrate import main as calibrate
+
+    meta = load_meta(identity_file.with_suffix(".json"))
+    landmarks = shipped_variant_path(SPECS["landmarks"].fp32, meta.format, meta.precision).name
+    landmark_file = landmarks_dir / landmarks
+    args = ["--model", str(identity_file), "--folds", "9", "--far", "1e-3", "--threads", "1"]
+    if landmark_file.exists():
+        args += ["--landmark-model", str(landmark_file)]
+    if calibrate(args) != 0:
+        raise ValueError(f"{identity_file}: threshold calibration failed")
+
+
 def build(task: str, out_dir: Path | None = None, calib: int = 256, select: int = 200, formats=("onnx", "tflite")):
     spec = SPECS[task]
     for path in (spec.fp32, spec.checkpoint):
@@ -245,12 +263,20 @@ def build(task: str, out_dir: Path | None = None, calib: int = 256, select: int 
             summary["onnx_int8"] = build_onnx_int8(spec, calib_images, selection, out_dir, Path(tmp))
         if "tflite" in formats:
             summary["tflite"] = build_tflite(spec, calib_images, selection, out_dir)
+    if task == "identity":  # the copied fp32 thresholds would not be this file's own
+        landmarks_dir = out_dir.parent / "landmarks"
+        landmarks_dir = landmarks_dir if landmarks_dir.is_dir() else MODELS / "landmarks"
+        for fmt, precision in (("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")):
+            path = variant_path(spec, fmt, precision, out_dir)
+            if path.exists():
+                calibrate_thresholds(path, landmarks_dir)
     return summary
 
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m quantization build", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--task", nargs="+", choices=sorted(SPECS), default=sorted(SPECS))
+    # landmarks first: the identity variants' thresholds are calibrated with the landmark variants
+    parser.add_argument("--task", nargs="+", choices=sorted(SPECS), default=["landmarks", "identity"])
     parser.add_argument("--out-root", type=Path, help="write variants to OUT_ROOT/<task>/ (default: beside fp32)")
     parser.add_argument("--calib", type=int, default=256, help="calibration faces per model (default 256)")
     parser.add_argument("--select", type=int, default=200, help="selection faces per model (default 200)")

@@ -3,8 +3,8 @@
     python -m quantization.report [--models-dir edge/models] [--out out/quant_report] [--quick] [--cards]
 
 Variants are the files beside each fp32 model (``<stem>.onnx``, ``<stem>_int8.onnx``,
-``<stem>.tflite``, ``<stem>_fp16.tflite``, ``<stem>_int8.tflite``; ``python -m quantization
-build`` makes them). Each runs through the edge runner and is scored by training's own
+``<stem>_tfl_fp32.tflite``, ``<stem>_tfl_fp16.tflite``, ``<stem>_tfl_int8.tflite``;
+``python -m quantization build`` makes them). Each runs through the edge runner and is scored by training's own
 evaluation code, on data the models never trained on:
 
 - landmarks: the fixed 300-W validation split (NME, FR@0.1, AUC@0.1, per ground-truth yaw bin

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import shutil
 
 import numpy as np
@@ -96,9 +95,13 @@ def test_entropy_calibration_is_not_min_max(tmp_path):
     calib = rng.normal(0, 1, (64, 3, 16, 16)).astype(np.float32)
     calib[0, :, 0, 0] = 60.0  # one outlier pixel
     builder = OnnxInt8Builder(tmp_path / "tiny.onnx", calib, "image", tmp_path / "work")
-    minmax = json.loads(builder.ranges("minmax").read_text())
-    entropy = json.loads(builder.ranges("entropy").read_text())
-    assert json.dumps(minmax, sort_keys=True) != json.dumps(entropy, sort_keys=True)
+    from onnxruntime.quantization.calibrate import load_tensors_data
+
+    def image_high(method):
+        return float(np.asarray(load_tensors_data(builder.ranges(method))["image"].range_value).max())
+
+    assert image_high("minmax") == pytest.approx(60.0)
+    assert image_high("entropy") < 0.5 * image_high("minmax")  # the outlier no longer sets the range
 
 
 def test_int8_builder_rejects_bad_calibration(tmp_path):
@@ -154,7 +157,8 @@ def test_shipped_landmark_variants_agree_with_fp32_on_real_faces(real_data):
     from quantization.calibration import landmark_faces
 
     files = _shipped("landmarks")
-    crops, gt = landmark_faces(24, load_meta(files["onnx/fp32"].with_suffix(".json")).width, seed=7, skip=600)
+    # seed 0 as the build: past its 256 calibration and 200 selection faces, so never seen by either
+    crops, gt = landmark_faces(24, load_meta(files["onnx/fp32"].with_suffix(".json")).width, seed=0, skip=456)
     ref = Landmarker(load_model(files["onnx/fp32"])).predict_crops(crops)
     iod = np.linalg.norm(gt[:, 36] - gt[:, 45], axis=1)
     for name, path in files.items():
@@ -168,7 +172,7 @@ def test_shipped_identity_variants_agree_with_fp32_on_real_faces(real_data):
     from quantization.calibration import identity_faces
 
     files = _shipped("identity")
-    faces, yaws = identity_faces(24, seed=7, skip=600)
+    faces, yaws = identity_faces(24, seed=0, skip=456)  # past the build's calibration and selection faces
     assert (np.abs(yaws) > 45).any(), "expected profile faces among the test faces"
     ref = embed_batch(load_model(files["onnx/fp32"]), faces)
     for name, path in files.items():
