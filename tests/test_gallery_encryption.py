@@ -22,6 +22,14 @@ def key_file(tmp_path) -> Path:
     return generate_key(tmp_path / "gallery.key")
 
 
+def _sealed(path: Path, key: bytes, *names: str) -> Path:
+    """An encrypted gallery at ``path`` with ``names`` enrolled (templates(1), templates(2), ...)."""
+    with Gallery.open(path, key=key) as g:
+        for k, name in enumerate(names, start=1):
+            g.add_identity(name, templates(k))
+    return path
+
+
 def _files(path: Path) -> bytes:
     return b"".join(p.read_bytes() for p in (path, Path(f"{path}-wal")) if p.exists())
 
@@ -107,11 +115,8 @@ def test_a_copied_gallery_without_its_key_gives_no_embedding(tmp_path, key_file)
 
 
 def test_a_template_moved_to_another_person_or_altered_fails_authentication(tmp_path, key_file):
-    path = tmp_path / "g.sqlite"
     key = load_key(key_file)
-    with Gallery.open(path, key=key) as g:
-        g.add_identity("Ann", templates(1))
-        g.add_identity("Bob", templates(2))
+    path = _sealed(tmp_path / "g.sqlite", key, "Ann", "Bob")
     conn = sqlite3.connect(path)
     ann_blob = conn.execute("SELECT embedding FROM templates WHERE identity_id = 1 LIMIT 1").fetchone()[0]
     bob_first = conn.execute("SELECT min(id) FROM templates WHERE identity_id = 2").fetchone()[0]
@@ -144,11 +149,8 @@ def test_plain_gallery_refuses_a_key_and_migrates_through_export_import(tmp_path
 
 
 def test_remove_erases_the_sealed_templates_from_the_files(tmp_path, key_file):
-    path = tmp_path / "g.sqlite"
     key = load_key(key_file)
-    with Gallery.open(path, key=key) as g:
-        g.add_identity("Ann", templates(1))
-        g.add_identity("Zed Unique Name", templates(2))
+    path = _sealed(tmp_path / "g.sqlite", key, "Ann", "Zed Unique Name")
     blobs = [b for (b,) in sqlite3.connect(path).execute("SELECT embedding FROM templates WHERE identity_id = 2")]
     with Gallery.open(path, key=key) as g:
         g.remove("Zed Unique Name")
@@ -213,11 +215,8 @@ def test_raw_32_byte_key_files_are_keys_too(tmp_path):
 def test_a_swapped_name_or_an_edited_yaw_fails_authentication(tmp_path, key_file):
     """The plain columns matching trusts are bound too: a person's name (who is recognised) and a
     template's yaw (which threshold applies)."""
-    path = tmp_path / "g.sqlite"
     key = load_key(key_file)
-    with Gallery.open(path, key=key) as g:
-        g.add_identity("Alice", templates(1))
-        g.add_identity("Mallory", templates(2))
+    path = _sealed(tmp_path / "g.sqlite", key, "Alice", "Mallory")
     conn = sqlite3.connect(path)
     with conn:
         conn.execute("UPDATE identities SET name = 'tmp' WHERE name = 'Alice'")
