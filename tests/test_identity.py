@@ -238,6 +238,12 @@ def test_export_matches_torch(tmp_path):
 # ------------------------------------------------------------------ real data
 
 
+def _orl_only(cache_dir, **overrides) -> IdentityTrainConfig:
+    """A config that trains a width-0.25 trunk on the cached ORL faces alone (no CFP, no LFW)."""
+    base = dict(cache=str(cache_dir), train_cfp_folds=(), val_cfp_folds=(), use_lfw=False, width=0.25)
+    return IdentityTrainConfig(**{**base, **overrides})
+
+
 @pytest.fixture(scope="module")
 def orl_cache(real_data, tmp_path_factory):
     """40 real ORL photos prepared by the device chain (shipped PIPNet, alignment, head pose)."""
@@ -267,12 +273,8 @@ def test_training_lowers_the_loss_on_real_faces(orl_cache):
     from training.identity.train import build_net, loss_terms
 
     out, _ = orl_cache
-    cfg = IdentityTrainConfig(
-        cache=str(out),
-        train_cfp_folds=(),
-        val_cfp_folds=(),
-        use_lfw=False,
-        width=0.25,
+    cfg = _orl_only(
+        out,
         head="paa",
         pose_weight=1.0,
         orthogonality_weight=0.1,
@@ -301,16 +303,7 @@ def test_train_run_folder_and_resume(orl_cache, tmp_path):
     from training.identity.train import train
 
     out, _ = orl_cache
-    cfg = IdentityTrainConfig(
-        cache=str(out),
-        train_cfp_folds=(),
-        val_cfp_folds=(),
-        use_lfw=False,
-        width=0.25,
-        epochs=1,
-        batch_size=16,
-        threads=1,
-    )
+    cfg = _orl_only(out, epochs=1, batch_size=16, threads=1)
     run = tmp_path / "run"
     train(cfg, run)
     for name in ("config.json", "classes.json", "meta.json", "last.pt", "best.pt", "metrics.jsonl", "curves.png"):
@@ -361,15 +354,7 @@ def test_distillation_from_the_dlib_teacher_on_real_faces(orl_cache):
     assert s[same & off].mean() > s[~same].mean() + 0.05
     np.savez(out / TEACHER_FILE.format(source="orl"), embeddings=emb, ok=ok)
 
-    cfg = IdentityTrainConfig(
-        cache=str(out),
-        train_cfp_folds=(),
-        val_cfp_folds=(),
-        use_lfw=False,
-        width=0.25,
-        distill_weight=1.0,
-        batch_size=16,
-    )
+    cfg = _orl_only(out, distill_weight=1.0, batch_size=16)
     data = select_training(load_cache(out, ("orl",), teacher=True), cfg)
     ds = IdentityDataset(data, cfg, identity_meta(cfg))
     batch = ds.collate([ds[i] for i in range(16)])
