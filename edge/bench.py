@@ -101,7 +101,8 @@ def pipeline_variants() -> list[tuple[str, Path, Path]]:
     return pairs
 
 
-def _rss_mib(field: str = "VmRSS") -> float:
+def rss_mib(field: str = "VmRSS") -> float:
+    """This process's resident memory (``VmRSS``) or its peak (``VmHWM``) in MiB."""
     try:
         for line in Path("/proc/self/status").read_text().splitlines():
             if line.startswith(field + ":"):
@@ -220,7 +221,7 @@ def main(argv=None) -> int:
             "frames": args.frames,
             "gallery_identities": args.gallery_size,
             "rows": rows,
-            "peak_rss_mib": _rss_mib("VmHWM"),
+            "peak_rss_mib": rss_mib("VmHWM"),
         }
         print(format_pipeline(rows))
         print(f"peak memory (RSS) of this process: {report['peak_rss_mib']} MiB")

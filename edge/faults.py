@@ -654,13 +654,6 @@ def fault_sink_down(work: Path, down_s: float, events_per_s: float = 100.0, queu
     return out
 
 
-def _rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
 def write_video(frames: list[bytes], path: Path, fps: float = 25.0) -> Path:
     """The camera schedule as a real video file (Motion-JPEG AVI) for the soak."""
     first = cv2.imdecode(np.frombuffer(frames[0], np.uint8), cv2.IMREAD_COLOR)
@@ -674,6 +667,7 @@ def write_video(frames: list[bytes], path: Path, fps: float = 25.0) -> Path:
 def fault_soak(work: Path, frames: list[bytes], gallery: Path, key: Path, count: int) -> Outcome:
     """``count`` frames of a looping real video (four faces a scene): memory and open files stay
     flat, fps steady."""
+    from edge.bench import rss_mib
     from edge.run import Runner
 
     out = Outcome("soak (4 faces per frame)", injected=1)
@@ -683,7 +677,7 @@ def fault_soak(work: Path, frames: list[bytes], gallery: Path, key: Path, count:
     def on_frame(frame, result):
         n = runner.pipeline.counters["frames"]
         if n % 50 == 0:
-            samples.append((n, _rss_mib(), len(os.listdir("/proc/self/fd")), time.monotonic()))
+            samples.append((n, rss_mib(), len(os.listdir("/proc/self/fd")), time.monotonic()))
 
     camera = Camera(frames)  # not started: the config needs a camera; the source is the video
     cfg = service_config(

@@ -112,13 +112,15 @@ def identity_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
     if quick:
         prepared = [p for p in prepared if int(p.key.split("/")[0]) % 25 in (1, 2)]
     tables = {name: table_from(prepared, RunnerEmbedder(load_model(path))) for name, path in files.items()}
-    reference = tables["onnx/fp32"]
+    reference = tables["onnx/fp32"]  # first in ``files``: its report gives the operating thresholds
+    reference_scores = {p: protocol_scores(root, p, [9], reference)[:2] for p in PROTOCOLS}
     rows, rocs = {}, {}
     fp32_report = None
     for name, table in tables.items():
         report = verification_report(root, table, 9, [8], with_roc=True)
         rocs[name] = report.pop("_roc")["FP"]
-        fp32_report = fp32_report or report
+        if name == "onnx/fp32":
+            fp32_report = report
         keys = [k for k in reference.index if k in table.index]
         a = reference.embeddings[[reference.index[k] for k in keys]]
         b = table.embeddings[[table.index[k] for k in keys]]
@@ -131,7 +133,7 @@ def identity_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
         flips = {}
         for protocol in PROTOCOLS:
             threshold = fp32_report[protocol]["threshold"]
-            s_ref, labels, _ = protocol_scores(root, protocol, [9], reference)
+            s_ref, labels = reference_scores[protocol]
             s_var, _, _ = protocol_scores(root, protocol, [9], table)
             changed = (s_ref >= threshold) != (s_var >= threshold)
             flips[protocol] = {
@@ -179,9 +181,8 @@ r = load_model(sys.argv[1], threads=1)
 x = np.zeros((1, *r.input_shape[1:]), np.float32)
 for _ in range(20):
     r.run(x)
-for line in open("/proc/self/status"):
-    if line.startswith("VmHWM:"):
-        print(int(line.split()[1]) / 1024)
+from edge.bench import rss_mib
+print(rss_mib("VmHWM"))
 """
 
 
