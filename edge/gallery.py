@@ -50,6 +50,8 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
+from edge.keys import SEAL_OVERHEAD  # cryptography itself is imported only with a key
+
 # Version 2 lets a template's embedding be sealed (AES-256-GCM: 28 bytes more than the plain
 # float32 bytes); version 1 files (plain only) are still read and written, but cannot be encrypted.
 SCHEMA_VERSION = 2
@@ -81,13 +83,13 @@ CREATE TABLE templates (
     id INTEGER PRIMARY KEY,
     identity_id INTEGER NOT NULL REFERENCES identities(id) ON DELETE CASCADE,
     embedding BLOB NOT NULL,
-    dim INTEGER NOT NULL CHECK (dim > 0 AND length(embedding) IN (4 * dim, 4 * dim + 28)),
+    dim INTEGER NOT NULL CHECK (dim > 0 AND length(embedding) IN (4 * dim, 4 * dim + {SEAL_OVERHEAD})),
     yaw_deg REAL NOT NULL CHECK (yaw_deg BETWEEN -180.0 AND 180.0),
     created TEXT NOT NULL,
     source TEXT NOT NULL
 );
 CREATE INDEX templates_by_identity ON templates(identity_id);
-"""
+""".replace("{SEAL_OVERHEAD}", str(SEAL_OVERHEAD))
 _TABLES = {"settings", "identities", "templates"}
 
 
@@ -768,7 +770,7 @@ class Gallery:
             "SELECT t.id, i.name, t.embedding, t.dim, t.yaw_deg, t.identity_id, i.created "
             "FROM templates t JOIN identities i ON i.id = t.identity_id"
         )
-        overhead = _SEAL_OVERHEAD if self.encrypted else 0
+        overhead = SEAL_OVERHEAD if self.encrypted else 0
         for tid, name, blob, dim, yaw, identity_id, enrolled in rows:
             templates += 1
             where = f"template {tid} of {name!r}"
@@ -792,9 +794,6 @@ class Gallery:
             if not (isinstance(yaw, float) and math.isfinite(yaw)):
                 problems.append(f"{where}: yaw_deg {yaw!r} is not a finite number")
         return IntegrityReport(ok=not problems, problems=tuple(problems), identities=identities, templates=templates)
-
-
-_SEAL_OVERHEAD = 28  # edge.keys.SEAL_OVERHEAD (nonce 12 + tag 16); the schema's CHECK says the same
 
 
 def _set_encryption(conn: sqlite3.Connection, sealer) -> None:

@@ -66,14 +66,13 @@ def load_key(path: os.PathLike | str) -> bytes:
             f"stricter (chmod 600 {path})"
         )
     try:
-        text = path.read_bytes().strip()
+        raw = path.read_bytes()
     except OSError as err:
         raise KeyFileError(f"{path}: cannot read the key file ({err.strerror})") from None
     try:
-        key = base64.b64decode(text, validate=True)
+        key = base64.b64decode(raw.strip(), validate=True)
     except (binascii.Error, ValueError):
         key = b""
-    raw = path.read_bytes()
     if len(key) != KEY_BYTES and len(raw) == KEY_BYTES and not raw.isascii():
         key = raw  # 32 random raw bytes (head -c 32 /dev/urandom) are a key too; 32 characters of text are not
     if len(key) != KEY_BYTES:
