@@ -50,10 +50,9 @@ def identity_faces(
     permutation of the photos; ``skip`` passes over its first usable faces, as for landmarks)."""
     from edge.datasets.cfp import cfp_photos, cfp_root, fold_identities
     from edge.enroll import LANDMARK_MODEL
-    from edge.faces import prepare_faces
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime import load_model
-    from training.identity.prepare import ANNOTATION_REFINE, cfp_fiducial_crop
+    from training.identity.prepare import cfp_fiducial_face
 
     if any(f == 9 for f in folds):
         raise ValueError("identity calibration folds: fold 9 is the test fold and must not calibrate")
@@ -66,9 +65,7 @@ def identity_faces(
     faces, yaws = [], []
     for i in order:
         photo = photos[i]
-        face = prepare_faces(
-            read_image_bgr(photo.image_path), [cfp_fiducial_crop(photo)], landmarker, refine=ANNOTATION_REFINE
-        )[0]
+        face = cfp_fiducial_face(photo, landmarker)
         if face is None:
             continue
         if skip:

@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from edge.datasets.cfp import cfp_photos, fold_identities, fold_pairs
-from edge.faces import embed_batch, prepare_faces, prepare_largest_face
+from edge.faces import embed_batch, prepare_largest_face
 from edge.imageio import read_image_bgr
 from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
-from training.identity.prepare import ANNOTATION_REFINE, cfp_fiducial_crop
+from training.identity.prepare import cfp_fiducial_face
 
 YAW_BINS = (0.0, 30.0, 60.0, 90.0)
 MISSING_SCORE = -1.0
@@ -227,12 +227,10 @@ def prepare_photos(root, folds: Sequence[int], landmarker, boxes: str, progress:
         image = read_image_bgr(photo.image_path)
         key = photo_key(photo.image_path)
         if detector is None:
-            crop, refine = cfp_fiducial_crop(photo), ANNOTATION_REFINE
+            face = cfp_fiducial_face(photo, landmarker, image)
         else:
             face = prepare_largest_face(image, detector, BLAZEFACE_SHORT_CROP, landmarker)
-            out.append(PreparedPhoto(key, photo.image_path, face))
-            continue
-        out.append(PreparedPhoto(key, photo.image_path, prepare_faces(image, [crop], landmarker, refine=refine)[0]))
+        out.append(PreparedPhoto(key, photo.image_path, face))
     return out
 
 

@@ -42,6 +42,13 @@ def cfp_fiducial_crop(photo) -> np.ndarray:
     """The first landmark crop of a CFP photo from its hand-marked fiducials (the "oracle" box):
     training's cache and every fiducial-box evaluation start from this same crop."""
     return rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5)
+
+
+def cfp_fiducial_face(photo, landmarker, image: np.ndarray | None = None):
+    """The device chain on a CFP photo from its fiducial crop (``edge.faces.PreparedFace``, or
+    None when no head pose fits): what fiducial-box evaluation and int8 calibration feed."""
+    image = read_image_bgr(photo.image_path) if image is None else image
+    return prepare_faces(image, [cfp_fiducial_crop(photo)], landmarker, refine=ANNOTATION_REFINE)[0]
 SOURCES = ("cfp", "lfw", "orl")
 
 
