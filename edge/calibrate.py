@@ -107,13 +107,14 @@ def calibrate_model(
     from edge.config import SHIPPED_LANDMARKS
     from edge.datasets.cfp import cfp_photos, fold_identities
     from edge.detect.registry import build_detector
-    from edge.faces import embed_batch, prepare_largest_face
+    from edge.faces import alignment_for, embed_batch, prepare_largest_face
     from edge.imageio import read_image_bgr
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime.runner import load_model
 
     embedder = load_model(model, threads=threads)
+    spec = alignment_for(embedder)
     landmarker = Landmarker(load_model(landmark_model or SHIPPED_LANDMARKS, threads=threads))
     detector = build_detector({"type": "blazeface", "range": "short", "threads": threads})
     photos = cfp_photos(cfp_root, identities=[i for f in folds for i in fold_identities(f)])
@@ -121,7 +122,9 @@ def calibrate_model(
         raise ValueError(f"--cfp-root {cfp_root}: no photos of fold(s) {folds}")
     ids, views, faces, yaws, missing = [], [], [], [], 0
     for photo in tqdm(photos, desc="calibration faces", disable=not progress, mininterval=5):
-        face = prepare_largest_face(read_image_bgr(photo.image_path), detector, BLAZEFACE_SHORT_CROP, landmarker)
+        face = prepare_largest_face(
+            read_image_bgr(photo.image_path), detector, BLAZEFACE_SHORT_CROP, landmarker, spec
+        )
         if face is None:
             missing += 1
             continue

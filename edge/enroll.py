@@ -103,6 +103,9 @@ class FaceModels:
             raise ValueError(
                 f"{embedder_model}: input_size {width}x{height}: expected a square input (aligned faces are square)"
             )
+        from edge.faces import alignment_for
+
+        alignment_for(runner)  # a malformed alignment record fails here, naming the model
         return cls(
             detector=build_detector(detector_config),
             landmarker=Landmarker(load_model(landmark_model, threads=threads)),
@@ -115,15 +118,14 @@ class FaceModels:
 def embed_face(image: np.ndarray, models: FaceModels) -> list[FaceTemplate]:
     """Every face in ``image`` (uint8 BGR or gray, any size) as a :class:`FaceTemplate`, in the
     detector's order (best score first). A face whose head pose cannot be fitted is skipped."""
-    from edge.faces import DEVICE_REFINE, embed_batch, prepare_faces
+    from edge.faces import DEVICE_REFINE, alignment_for, embed_batch, prepare_faces
 
     detections = models.detector.detect(image)
     if not detections:
         return []
     boxes = [models.crop_policy.crop_box(det.box) for det in detections]
     # All faces of the photo in one landmark batch, re-cropped as the runtime does.
-    size = models.embedder.meta.input_size[0]
-    prepared = prepare_faces(image, boxes, models.landmarker, size, refine=DEVICE_REFINE)
+    prepared = prepare_faces(image, boxes, models.landmarker, alignment_for(models.embedder), refine=DEVICE_REFINE)
     kept = []
     for det, face in zip(detections, prepared):
         if face is None:

@@ -1,5 +1,9 @@
-"""One face box -> 68 landmarks -> head pose -> aligned 112x112 crop: the chain that the device,
+"""One face box -> 68 landmarks -> head pose -> aligned crop: the chain that the device,
 enrolment and identity training all run, so a face is prepared the same way everywhere.
+
+The aligned crop is the one the identity model expects: its template and size come from the
+model's metadata (:func:`alignment_for`, :class:`edge.geometry.align.AlignmentSpec`), never from
+a constant here.
 
 A face box comes from the detector (on the device, through the measured crop policy) or from
 annotations (training: a fiducial box, a dataset's fixed face crop). A rough box is refined:
@@ -14,12 +18,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from edge.geometry.align import align_face, alignment_matrix, transform_points
+from edge.geometry.align import AlignmentSpec, align_to_spec, alignment_from_meta, transform_points
 from edge.geometry.headpose import head_pose
-from edge.geometry.landmarks68 import five_points
 from edge.landmarks.crop import landmark_crop_box
 
-ALIGNED_SIZE = 112
 # Landmark re-crops the device makes from a detector box (the pipeline and enrolment alike, so
 # templates and probes are aligned the same way).
 DEVICE_REFINE = 1
@@ -54,22 +56,26 @@ def face_landmarks(image: np.ndarray, crop_boxes, landmarker, refine: int = 1) -
     return points
 
 
-def faces_from_landmarks(image: np.ndarray, points, size: int = ALIGNED_SIZE) -> list[PreparedFace | None]:
-    """Head pose and the aligned crop for each face's (68, 2) landmarks in ``image``; None where
-    the head pose cannot be fitted (degenerate landmarks)."""
+def alignment_for(runner) -> AlignmentSpec:
+    """The aligned crop an identity model (an edge runner) expects, from its metadata."""
+    return alignment_from_meta(runner.meta)
+
+
+def faces_from_landmarks(image: np.ndarray, points, spec: AlignmentSpec) -> list[PreparedFace | None]:
+    """Head pose and the ``spec`` crop for each face's (68, 2) landmarks in ``image``; None
+    where the head pose cannot be fitted (degenerate landmarks)."""
     height, width = image.shape[:2]
     out: list[PreparedFace | None] = []
     for pts in points:
         try:
             pose = head_pose(pts, (width, height))
-            five = five_points(pts)
-            matrix = alignment_matrix(five, size)
+            aligned, matrix = align_to_spec(image, pts, spec)
         except ValueError:
             out.append(None)
             continue
         out.append(
             PreparedFace(
-                aligned=align_face(image, five, size),
+                aligned=aligned,
                 landmarks=pts,
                 aligned_landmarks=transform_points(pts, matrix),
                 yaw=pose.yaw,
@@ -82,11 +88,11 @@ def faces_from_landmarks(image: np.ndarray, points, size: int = ALIGNED_SIZE) ->
 
 
 def prepare_faces(
-    image: np.ndarray, crop_boxes, landmarker, size: int = ALIGNED_SIZE, refine: int = 1
+    image: np.ndarray, crop_boxes, landmarker, spec: AlignmentSpec, refine: int = 1
 ) -> list[PreparedFace | None]:
     """A :class:`PreparedFace` per crop box of ``image`` (uint8 BGR or gray), all faces in one
-    landmark batch; None where the head pose cannot be fitted (degenerate landmarks)."""
-    return faces_from_landmarks(image, face_landmarks(image, crop_boxes, landmarker, refine), size)
+    landmark batch, aligned as ``spec`` says; None where the head pose cannot be fitted."""
+    return faces_from_landmarks(image, face_landmarks(image, crop_boxes, landmarker, refine), spec)
 
 
 def rough_crop_box(face_box, scale: float = 1.5) -> np.ndarray:
@@ -124,10 +130,12 @@ def largest(detections):
     return max(detections, key=lambda d: float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
 
 
-def prepare_largest_face(image: np.ndarray, detector, crop_policy, landmarker, refine: int = DEVICE_REFINE):
-    """The device chain on a photo's largest detected face: a :class:`PreparedFace`, or None when
-    no face is found (or its landmarks give no pose)."""
+def prepare_largest_face(
+    image: np.ndarray, detector, crop_policy, landmarker, spec: AlignmentSpec, refine: int = DEVICE_REFINE
+):
+    """The device chain on a photo's largest detected face: a :class:`PreparedFace` aligned as
+    ``spec`` says, or None when no face is found (or its landmarks give no pose)."""
     det = largest(detector.detect(image))
     if det is None:
         return None
-    return prepare_faces(image, [crop_policy.crop_box(det.box)], landmarker, refine=refine)[0]
+    return prepare_faces(image, [crop_policy.crop_box(det.box)], landmarker, spec, refine=refine)[0]

@@ -17,8 +17,9 @@ from typing import Callable
 import numpy as np
 
 from edge import events as ev
-from edge.faces import ALIGNED_SIZE, DEVICE_REFINE, embed_batch, face_landmarks, faces_from_landmarks
+from edge.faces import DEVICE_REFINE, alignment_for, embed_batch, face_landmarks, faces_from_landmarks
 from edge.gallery import GalleryArrays
+from edge.geometry.align import ARCFACE_112
 from edge.matching import MatchResult, YawThresholds, match
 from edge.tracker import Observation, Tracker
 
@@ -110,6 +111,9 @@ class FacePipeline:
             raise ValueError("FacePipeline: an identity model needs matching thresholds")
         self.detector, self.crop_policy, self.landmarker = detector, crop_policy, landmarker
         self.embedder, self.gallery, self.thresholds = embedder, gallery, thresholds
+        # The crop the identity model expects (its metadata); without one, faces are still
+        # aligned (the face store keeps them) to the ArcFace template.
+        self.alignment = alignment_for(embedder) if embedder is not None else ARCFACE_112
         self.stills = stills
         self.tracker = tracker or Tracker()
         if stills:
@@ -136,7 +140,7 @@ class FacePipeline:
 
         t0 = clock()
         kept, poses, aligned = [], [], []
-        for det, face in zip(detections, faces_from_landmarks(image, points, ALIGNED_SIZE)):
+        for det, face in zip(detections, faces_from_landmarks(image, points, self.alignment)):
             if face is None:
                 continue  # degenerate landmarks: no pose, no face
             kept.append((det, face.landmarks))

@@ -116,7 +116,9 @@ def faces_for(spec: ModelSpec, count: int, skip: int, seed: int = 0):
     meta = load_meta(spec.fp32.with_suffix(".json"))
     if spec.task == "landmarks":
         return landmark_faces(count, meta.width, seed=seed, skip=skip)
-    return identity_faces(count, seed=seed, skip=skip)
+    from edge.geometry.align import alignment_from_meta
+
+    return identity_faces(count, seed=seed, skip=skip, spec=alignment_from_meta(meta))
 
 
 # ------------------------------------------------------------------ ONNX int8

@@ -44,12 +44,21 @@ def landmark_faces(
 
 
 def identity_faces(
-    count: int, seed: int = 0, root=None, folds: Sequence[int] = IDENTITY_CALIB_FOLDS, landmarker=None, skip: int = 0
+    count: int,
+    seed: int = 0,
+    root=None,
+    folds: Sequence[int] = IDENTITY_CALIB_FOLDS,
+    landmarker=None,
+    skip: int = 0,
+    spec=None,
 ) -> tuple[list[np.ndarray], np.ndarray]:
-    """``count`` aligned 112x112 faces from CFP ``folds`` and their yaw in degrees (a seeded
-    permutation of the photos; ``skip`` passes over its first usable faces, as for landmarks)."""
+    """``count`` faces from CFP ``folds``, aligned as the identity model expects (``spec``, an
+    :class:`edge.geometry.align.AlignmentSpec` from its metadata; default ArcFace 112), and their
+    yaw in degrees (a seeded permutation of the photos; ``skip`` passes over its first usable
+    faces, as for landmarks)."""
     from edge.datasets.cfp import cfp_photos, cfp_root, fold_identities
     from edge.enroll import LANDMARK_MODEL
+    from edge.geometry.align import ARCFACE_112
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime import load_model
     from training.identity.prepare import cfp_fiducial_face
@@ -65,7 +74,7 @@ def identity_faces(
     faces, yaws = [], []
     for i in order:
         photo = photos[i]
-        face = cfp_fiducial_face(photo, landmarker)
+        face = cfp_fiducial_face(photo, landmarker, spec or ARCFACE_112)
         if face is None:
             continue
         if skip:

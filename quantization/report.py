@@ -95,7 +95,9 @@ def landmark_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
 def identity_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
     from edge.datasets.cfp import cfp_root
     from edge.enroll import LANDMARK_MODEL
+    from edge.geometry.align import alignment_from_meta
     from edge.landmarks.landmarker import Landmarker
+    from edge.runtime.meta import load_meta
     from training.identity.evaluate import (
         PROTOCOLS,
         RunnerEmbedder,
@@ -107,8 +109,12 @@ def identity_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
     )
 
     root = cfp_root()
-    # Faces are prepared once (fp32 landmarks, fiducial boxes): only the identity model varies.
-    prepared = prepare_photos(root, [8, 9], Landmarker(load_model(LANDMARK_MODEL)), "fiducials", progress=not quick)
+    # Faces are prepared once (fp32 landmarks, fiducial boxes), cut as the fp32 model's metadata
+    # says (every variant shares it): only the identity model varies.
+    spec = alignment_from_meta(load_meta(files["onnx/fp32"].with_suffix(".json")))
+    prepared = prepare_photos(
+        root, [8, 9], Landmarker(load_model(LANDMARK_MODEL)), "fiducials", spec, progress=not quick
+    )
     if quick:
         prepared = [p for p in prepared if int(p.key.split("/")[0]) % 25 in (1, 2)]
     tables = {name: table_from(prepared, RunnerEmbedder(load_model(path))) for name, path in files.items()}

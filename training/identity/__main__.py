@@ -8,9 +8,12 @@ from pathlib import Path
 
 
 def cmd_prepare(args) -> int:
+    from edge.geometry.align import AlignmentSpec
     from training.identity.prepare import prepare_cache
 
-    prepare_cache(Path(args.out), args.data_root, args.landmark_model, tuple(args.sources))
+    size = args.size or (150 if args.alignment == "dlib_68" else 112)
+    spec = AlignmentSpec(args.alignment, size)
+    prepare_cache(Path(args.out), args.data_root, args.landmark_model, tuple(args.sources), spec=spec)
     return 0
 
 
@@ -140,6 +143,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-root", default=None, help="data folder (default: $POSEFACE_DATA or ../shared/data)")
     p.add_argument("--landmark-model", default=None, help="PIPNet model (default: the shipped one)")
     p.add_argument("--sources", nargs="+", default=["cfp", "lfw", "orl"], choices=["cfp", "lfw", "orl"])
+    p.add_argument(
+        "--alignment",
+        choices=["arcface_5", "dlib_68"],
+        default="arcface_5",
+        help="crop template: ArcFace 5-point (MobileFaceNet) or dlib's 68-point chip (the dlib ResNet)",
+    )
+    p.add_argument("--size", type=int, default=None, help="crop side in pixels (default 112 arcface_5, 150 dlib_68)")
     p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train an identity model (resumes from OUT/last.pt)")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from edge.geometry.align import DLIB_150
 from edge.geometry.landmarks68 import landmark_box
 from training.landmarks.baseline_dlib import _import_dlib, box_to_rect, dlib_image, model_path
 
@@ -19,6 +20,8 @@ SHAPE_FILE = "shape_predictor_5_face_landmarks.dat"
 
 class DlibFaceRecognizer:
     needs_image = True
+    # dlib cuts its own chip from the photo (its own 5 points); our crop is not used.
+    alignment = DLIB_150
 
     def __init__(self):
         dlib = _import_dlib()

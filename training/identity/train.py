@@ -11,6 +11,7 @@ as ``best.pt`` has the highest mean of FF and FP accuracy.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -26,23 +27,39 @@ from edge.metrics.verification import best_threshold, eer
 from edge.runtime.meta import ModelMeta, meta_from_dict
 from training.config import from_dict, to_dict
 from training.identity.config import IdentityTrainConfig
-from training.identity.data import IdentityDataset, identity_meta, sample_weights, select_training
+from training.identity.data import (
+    FrozenFeatureDataset,
+    IdentityDataset,
+    identity_meta,
+    sample_weights,
+    select_training,
+)
 from training.identity.evaluate import PROTOCOLS, cache_face_table, dense_scores, protocol_scores
 from training.identity.losses import build_head, exclusive_regularizer, orthogonality_loss
-from training.identity.model import IdentityNet, exported_parameters
-from training.identity.prepare import load_cache
+from training.identity.model import IdentityNet, exported_parameters, import_dlib_weights
+from training.identity.prepare import cache_alignment, load_cache
 from training.landmarks.train import atomic_save, write_json
+from training.nn.dlib_resnet import LICENCE as DLIB_LICENCE
+from training.nn.dlib_resnet import ORIGIN as DLIB_ORIGIN
 from training.nn.runner import TorchRunner
 
 
-def build_net(cfg: IdentityTrainConfig) -> IdentityNet:
-    return IdentityNet(cfg.trunk, cfg.width, cfg.depth, cfg.embedding_dim, pose_dim=cfg.pose_dim)
+def build_net(cfg: IdentityTrainConfig, input_size: int = 112) -> IdentityNet:
+    return IdentityNet(
+        cfg.trunk,
+        cfg.width,
+        cfg.depth,
+        cfg.embedding_dim,
+        pose_dim=cfg.pose_dim,
+        input_size=input_size,
+        embedding_bn=cfg.embedding_bn,
+    )
 
 
 def load_checkpoint(path: Path) -> tuple[IdentityNet, ModelMeta, dict]:
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
     cfg = from_dict(IdentityTrainConfig, ckpt["config"])
-    net = build_net(cfg)
+    net = build_net(cfg, int(ckpt["meta"]["input_size"][0]))
     net.load_state_dict(ckpt["model"])
     net.eval()
     return net, meta_from_dict(ckpt["meta"], str(path)), ckpt
@@ -75,10 +92,29 @@ def lr_at(cfg: IdentityTrainConfig, step: int, steps_per_epoch: int) -> float:
     return 0.5 * cfg.lr * (1 + math.cos(math.pi * (step - warm) / max(1, total - warm)))
 
 
-def loss_terms(cfg, net, head, batch) -> dict[str, torch.Tensor]:
-    emb, pose = net.forward_train(batch["image"])
+def loss_terms(cfg, net, head, batch, original=None) -> dict[str, torch.Tensor]:
+    """The recipe's loss terms on one batch. ``batch["image"]`` is the input, or, where the
+    early levels are frozen, ``batch["feat"]`` their cached output; ``original`` is the frozen
+    pretrained net with ``centres`` (the anchor and self-distillation guards)."""
+    if "feat" in batch:
+        emb, pose = net.heads(net.trunk.rest(batch["feat"], cfg.frozen_levels))
+    else:
+        emb, pose = net.forward_train(batch["image"])
     logits = head(emb, batch["label"], batch["yaw"])
     terms = {"ce": F.cross_entropy(logits, batch["label"])}
+    if cfg.self_distill_weight:
+        with torch.no_grad():
+            if "feat" in batch:
+                ref = original.net.id_proj(original.net.trunk.rest(batch["feat"], cfg.frozen_levels))
+            else:
+                ref = original.net(batch["image"])
+        # Frontal views only: they keep what the pretrained net does well; profiles are free to move.
+        frontal = batch["yaw"].abs() < Original.FRONTAL_DEG
+        gap = 1.0 - F.cosine_similarity(emb, ref, dim=1)
+        terms["self_distill"] = cfg.self_distill_weight * (gap * frontal).sum() / frontal.sum().clamp_min(1)
+    if cfg.anchor_weight:
+        anchor = original.centres[batch["label"]]
+        terms["anchor"] = cfg.anchor_weight * (1.0 - F.cosine_similarity(emb, anchor, dim=1)).mean()
     if cfg.regularface_weight:
         classes = torch.unique(batch["label"]) if cfg.regularface_batch_only else None
         terms["regular"] = cfg.regularface_weight * exclusive_regularizer(head.weight, classes)
@@ -97,6 +133,61 @@ def loss_terms(cfg, net, head, batch) -> dict[str, torch.Tensor]:
     return terms
 
 
+def _needs_original(cfg: IdentityTrainConfig) -> bool:
+    return cfg.head_init == "centres" or bool(cfg.anchor_weight) or bool(cfg.self_distill_weight)
+
+
+class Original:
+    """The pretrained net as imported, frozen (a deep copy taken before any step, or re-imported
+    on resume), and each training class's frontal centre in its embedding space: the unit mean of
+    the class's non-profile faces (|yaw| < 30 degrees; all its faces where it has none), from
+    the unaugmented crops."""
+
+    FRONTAL_DEG = 30.0
+
+    def __init__(self, net: IdentityNet, cfg: IdentityTrainConfig, data, meta: ModelMeta):
+        import copy
+
+        self.net = copy.deepcopy(net).eval()
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        emb = embed_images(self.net, meta, data.images)
+        frontal = (~data.profile) & (np.abs(data.pose[:, 0]) < self.FRONTAL_DEG)
+        centres = np.zeros((len(data.classes), emb.shape[1]), np.float32)
+        for c in range(len(data.classes)):
+            rows = np.flatnonzero((data.labels == c) & frontal)
+            if not len(rows):
+                rows = np.flatnonzero(data.labels == c)
+            v = emb[rows].mean(axis=0)
+            centres[c] = v / max(np.linalg.norm(v), 1e-9)
+        self.centres = torch.from_numpy(centres)
+
+
+def embed_images(net: IdentityNet, meta: ModelMeta, images: np.ndarray) -> np.ndarray:
+    """(N, D) unit embeddings of cached crops by ``net`` (device preprocessing, eval mode)."""
+    from edge.faces import embed_batch
+
+    return embed_batch(TorchRunner(net, meta), images, batch_size=64)
+
+
+def param_groups(cfg: IdentityTrainConfig, net: IdentityNet, head) -> list[dict]:
+    """Two learning-rate groups: the pretrained part (trunk + identity projection, at
+    ``trunk_lr_mult`` x lr; frozen levels left out) and the new parts (margin head, pose branch)."""
+    pretrained = {id(p) for p in list(net.trunk.parameters()) + list(net.id_proj.parameters())}
+    if cfg.frozen_levels:
+        frozen = list(net.trunk.net.stem_conv.parameters()) + list(net.trunk.net.stem_aff.parameters())
+        for level in net.trunk.net.levels[: cfg.frozen_levels]:
+            frozen += list(level.parameters())
+        for p in frozen:
+            p.requires_grad_(False)
+    trainable = [p for p in net.parameters() if p.requires_grad]
+    old = [p for p in trainable if id(p) in pretrained]
+    new = [p for p in trainable if id(p) not in pretrained] + list(head.parameters())
+    mult = cfg.trunk_lr_mult if cfg.pretrained else 1.0
+    groups = [{"params": old, "lr_mult": mult}, {"params": new, "lr_mult": 1.0}]
+    return [g for g in groups if g["params"]]
+
+
 def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
     from edge.datasets.root import require_data_root
 
@@ -108,21 +199,32 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
     torch.manual_seed(cfg.seed)
     cache = load_cache(Path(cfg.cache), cache_sources(cfg), teacher=bool(cfg.distill_weight))
     data = select_training(cache, cfg)
-    meta = identity_meta(cfg)
+    spec = cache_alignment(cache)
+    meta = identity_meta(cfg, spec)
     write_json(run_dir / "config.json", to_dict(cfg))
     write_json(run_dir / "classes.json", data.classes)
     write_json(run_dir / "meta.json", meta.to_dict())
     # channels-last runs the depthwise and 1x1 convolutions ~3x faster on CPU (measured here).
-    net = build_net(cfg).to(memory_format=torch.channels_last)
+    net = build_net(cfg, spec.size).to(memory_format=torch.channels_last)
     head = build_head(cfg.head, cfg.embedding_dim, len(data.classes), **dict(cfg.head_options))
-    params = list(net.parameters()) + list(head.parameters())
+    last = run_dir / "last.pt"
+    original = None
+    if cfg.pretrained:
+        provenance = import_dlib_weights(net, None if cfg.pretrained == "dlib" else cfg.pretrained)
+        provenance.update(origin=DLIB_ORIGIN, licence=DLIB_LICENCE)
+        meta = dataclasses.replace(meta, extra={**meta.extra, "pretrained": provenance})
+        write_json(run_dir / "meta.json", meta.to_dict())
+        original = Original(net, cfg, data, meta) if _needs_original(cfg) else None
+        if cfg.head_init == "centres" and not last.exists():
+            with torch.no_grad():
+                head.weight.copy_(original.centres)
+    params = param_groups(cfg, net, head)
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     print(
         f"{run_dir.name}: {len(data)} faces of {len(data.classes)} people "
         f"({int(data.profile.sum())} CFP profiles); exported graph {exported_parameters(net) / 1e6:.2f}M parameters"
     )
     start, best = 0, {"score": -1.0}
-    last = run_dir / "last.pt"
     if last.exists():
         ckpt = torch.load(last, map_location="cpu", weights_only=False)
         net.load_state_dict(ckpt["model"])
@@ -130,7 +232,10 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         start, best = ckpt["epoch"] + 1, ckpt["best"]
         print(f"resuming {run_dir} at epoch {start + 1}/{cfg.epochs} (best val score {best['score']:.4f})")
-    dataset = IdentityDataset(data, cfg, meta, seed=cfg.seed)
+    if cfg.frozen_levels:
+        dataset = FrozenFeatureDataset(data, cfg, meta, net, seed=cfg.seed)
+    else:
+        dataset = IdentityDataset(data, cfg, meta, seed=cfg.seed)
     steps = len(dataset) // cfg.batch_size
     log_path = run_dir / "metrics.jsonl"
     for epoch in range(start, cfg.epochs):
@@ -158,11 +263,16 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
         )
         for i, batch in enumerate(bar):
             for group in opt.param_groups:
-                group["lr"] = lr_at(cfg, epoch * steps + i, steps)
-            batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
-            terms = loss_terms(cfg, net, head, batch)
+                group["lr"] = lr_at(cfg, epoch * steps + i, steps) * group["lr_mult"]
+            if "image" in batch:
+                batch["image"] = batch["image"].contiguous(memory_format=torch.channels_last)
+            terms = loss_terms(cfg, net, head, batch, original)
             opt.zero_grad()
             terms["total"].backward()
+            if cfg.grad_clip:
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(
+                    [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip
+                )
             opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
@@ -170,7 +280,7 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
         val = validate(net, meta, cache, cfg.val_cfp_folds, cfp_root) if cfg.val_cfp_folds else {"score": 0.0}
         row = {
             "epoch": epoch + 1,
-            "lr": opt.param_groups[0]["lr"],
+            "lr": opt.param_groups[-1]["lr"],
             "seconds": round(time.time() - t0, 1),
             **{f"loss_{k}" if k != "train_acc" else k: v / max(1, len(loader)) for k, v in sums.items()},
             **{f"val_{k}": v for k, v in val.items()},
@@ -184,6 +294,12 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
             best = {"score": val["score"], "epoch": epoch + 1, **{k: v for k, v in val.items() if k != "score"}}
             atomic_save({**state, "val": val}, run_dir / "best.pt")
         atomic_save({**state, "head": head.state_dict(), "optimizer": opt.state_dict(), "best": best}, last)
+    if cfg.epochs == 0:  # the pretrained net as it is (the "no fine-tuning" arm), validated like an epoch
+        val = validate(net, meta, cache, cfg.val_cfp_folds, cfp_root) if cfg.val_cfp_folds else {"score": 0.0}
+        best = {"score": val["score"], "epoch": 0, **{k: v for k, v in val.items() if k != "score"}}
+        state = {"model": net.state_dict(), "config": to_dict(cfg), "meta": meta.to_dict(), "epoch": -1}
+        atomic_save({**state, "val": val}, run_dir / "best.pt")
+        print(json.dumps({"epoch": 0, **{f"val_{k}": v for k, v in val.items()}}), flush=True)
     write_json(
         run_dir / "metrics.json", {"best": best, "epochs": cfg.epochs, "faces": len(data), "classes": len(data.classes)}
     )
@@ -197,6 +313,8 @@ def plot_curves(log_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    if not log_path.exists():
+        return
     rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
     if not rows:
         return
