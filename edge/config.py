@@ -49,14 +49,13 @@ else:  # pragma: no cover - Python 3.9/3.10 (Jetson, older Raspberry Pi OS)
 from edge.matching import DEFAULT_YAW_EDGES
 from edge.oneline import one_line
 from edge.runtime.meta import meta_path_for, variant_path
+from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
 
 # The schema's dataclass fields say Optional[X], not X | None: their annotations are evaluated
 # (typing.get_type_hints) to validate the TOML, and X | None does not evaluate on Python 3.9.
 # ruff: noqa: UP045
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-SHIPPED_LANDMARKS = PACKAGE_DIR / "models" / "landmarks" / "pipnet_light.onnx"
-SHIPPED_IDENTITY = PACKAGE_DIR / "models" / "identity" / "poseface_mfn.onnx"
 # Where a device profile named by ``profile = "NAME"`` is looked for, after the config's own
 # folder: the checkout's firmware_configs (an editable install, the tests), then the place the
 # firmware README copies them to.
@@ -231,6 +230,13 @@ class EmbeddingConfig:
         SHIPPED_IDENTITY if SHIPPED_IDENTITY.exists() else None,
         doc="identity embedding model (default: the shipped PoseFace model); unset: faces are found and tracked, "
         "not named",
+    )
+    test_time_flip: str = _f(
+        "model",
+        doc="embed each face and its mirror image and sum them (twice the embedding cost): 'model' as the "
+        "model's metadata says (on where it was measured to help; its thresholds were calibrated that way), "
+        "'on' or 'off'",
+        choices=("model", "on", "off"),
     )
 
 

@@ -29,9 +29,10 @@ import cv2
 import numpy as np
 
 from edge.datasets.root import DataNotFoundError, require_data_root
+from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
 
-DEFAULT_IDENTITY = Path(__file__).parent / "models" / "identity" / "poseface_mfn.onnx"
-DEFAULT_LANDMARKS = Path(__file__).parent / "models" / "landmarks" / "pipnet_light.onnx"
+DEFAULT_IDENTITY = SHIPPED_IDENTITY
+DEFAULT_LANDMARKS = SHIPPED_LANDMARKS
 FOLD9 = range(401, 451)
 
 

@@ -31,13 +31,14 @@ import numpy as np
 
 from edge.gallery import ON_CONFLICT, Gallery, GalleryError, Template, validate_name
 from edge.imageio import ImageReadError, list_images, read_image_bgr
+from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
 
 log = logging.getLogger(__name__)
 
 EDGE_DIR = Path(__file__).resolve().parent
-LANDMARK_MODEL = EDGE_DIR / "models" / "landmarks" / "pipnet_light.onnx"
-# The shipped identity model (PoseFace, MobileFaceNet-like); the caller may name another.
-_SHIPPED_IDENTITY = EDGE_DIR / "models" / "identity" / "poseface_mfn.onnx"
+LANDMARK_MODEL = SHIPPED_LANDMARKS
+# The shipped identity model (edge.shipped); the caller may name another.
+_SHIPPED_IDENTITY = SHIPPED_IDENTITY
 DEFAULT_EMBEDDER_MODEL: Path | None = _SHIPPED_IDENTITY if _SHIPPED_IDENTITY.exists() else None
 DEFAULT_GALLERY = Path("gallery.sqlite")  # the runtime config's default too (gallery.path)
 DETECTOR_CONFIG = {"type": "blazeface", "range": "short"}

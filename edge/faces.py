@@ -104,16 +104,32 @@ def rough_crop_box(face_box, scale: float = 1.5) -> np.ndarray:
     return np.array([cx - side / 2, cy - side / 2, cx + side / 2, cy + side / 2])
 
 
-def embed_batch(runner, aligned_faces, batch_size: int = 32) -> np.ndarray:
+def model_flips(runner) -> bool:
+    """Whether an identity model embeds with test-time flip (its metadata's
+    ``extra.test_time_flip``, set where it was measured to help)."""
+    return bool(runner.meta.extra.get("test_time_flip", False)) if isinstance(runner.meta.extra, dict) else False
+
+
+def embed_batch(runner, aligned_faces, batch_size: int = 32, flip: bool | None = None) -> np.ndarray:
     """(N, D) float32 unit embeddings of aligned face crops: the identity model's first output,
-    L2-normalised (cosine similarity is then a dot product)."""
+    L2-normalised (cosine similarity is then a dot product). ``flip``: test-time flip, the sum
+    of the embeddings of the crop and its mirror image, then normalised (twice the model runs);
+    None: as the model's metadata says (:func:`model_flips`)."""
     from edge.runtime.preprocess import preprocess
+
+    flip = model_flips(runner) if flip is None else flip
 
     name = runner.meta.output_names[0]
     out = []
     for i in range(0, len(aligned_faces), batch_size):
-        raw = runner.run(preprocess(list(aligned_faces[i : i + batch_size]), runner.meta))[name]
-        out.append(np.asarray(raw, dtype=np.float64).reshape(len(raw), -1))
+        chunk = list(aligned_faces[i : i + batch_size])
+        raw = np.asarray(runner.run(preprocess(chunk, runner.meta))[name], dtype=np.float64).reshape(len(chunk), -1)
+        if flip:
+            mirrored = [np.ascontiguousarray(face[:, ::-1]) for face in chunk]
+            raw = raw + np.asarray(runner.run(preprocess(mirrored, runner.meta))[name], dtype=np.float64).reshape(
+                len(chunk), -1
+            )
+        out.append(raw)
     if not out:
         return np.zeros((0, 0), dtype=np.float32)
     vecs = np.concatenate(out)

@@ -212,12 +212,13 @@ def enrol_gallery(work: Path, people: list[int]) -> tuple[Path, Path]:
     from edge.imageio import read_image_bgr
     from edge.keys import generate_key, load_key
     from edge.runtime.meta import variant_path
+    from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
 
-    models = REPO / "edge" / "models"
     embedder = build_embedder(
         {
-            "embedder_model": str(variant_path(models / "identity" / "poseface_mfn.onnx", "onnx", "int8")),
-            "landmark_model": str(variant_path(models / "landmarks" / "pipnet_light.onnx", "onnx", "int8")),
+            # the default identity model, as the service under test runs it (runtime.precision int8)
+            "embedder_model": str(variant_path(SHIPPED_IDENTITY, "onnx", "int8")),
+            "landmark_model": str(variant_path(SHIPPED_LANDMARKS, "onnx", "int8")),
         }
     )
     key_path = work / "gallery.key"

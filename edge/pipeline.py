@@ -106,6 +106,7 @@ class FacePipeline:
         stills: bool = False,
         refine: int = DEVICE_REFINE,
         clock: Callable[[], float] = time.perf_counter,
+        flip: bool | None = None,
     ):
         if embedder is not None and thresholds is None:
             raise ValueError("FacePipeline: an identity model needs matching thresholds")
@@ -114,6 +115,7 @@ class FacePipeline:
         # The crop the identity model expects (its metadata); without one, faces are still
         # aligned (the face store keeps them) to the ArcFace template.
         self.alignment = alignment_for(embedder) if embedder is not None else ARCFACE_112
+        self.flip = flip  # test-time flip; None: as the identity model's metadata says
         self.stills = stills
         self.tracker = tracker or Tracker()
         if stills:
@@ -149,7 +151,9 @@ class FacePipeline:
         t["pose_align"] = (clock() - t0) * 1000
 
         t0 = clock()
-        embeddings = embed_batch(self.embedder, aligned) if self.embedder is not None and aligned else None
+        embeddings = (
+            embed_batch(self.embedder, aligned, flip=self.flip) if self.embedder is not None and aligned else None
+        )
         t["embed"] = (clock() - t0) * 1000
 
         t0 = clock()

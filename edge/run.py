@@ -210,6 +210,7 @@ def build_pipeline(cfg: RuntimeConfig, stills: bool):
         thresholds,
         Tracker.from_config(cfg.tracker),
         stills=stills,
+        flip={"model": None, "on": True, "off": False}[cfg.embedding.test_time_flip],
     )
     return pipeline, gallery
 

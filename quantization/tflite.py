@@ -38,9 +38,10 @@ def torch_graph(task: str, checkpoint: Path):
     if task == "identity":
         from training.identity.export import _IdentityPath
         from training.identity.train import load_checkpoint
+        from training.nn.dlib_resnet import fused_copy
 
         net, meta, _ = load_checkpoint(checkpoint)
-        return _IdentityPath(net).eval(), meta
+        return fused_copy(_IdentityPath(net)).eval(), meta
     raise ValueError(f"task: expected landmarks or identity, got {task!r}")
 
 

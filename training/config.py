@@ -52,8 +52,10 @@ def from_dict(cls: type, data: dict, where: str = "config") -> Any:
         raise ConfigError(f"{where}: {err}") from None
 
 
-def load_toml(cls: type, path: Path) -> Any:
-    path = Path(path)
+def _read_toml(path: Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A TOML file's table; ``extends = "base.toml"`` (relative to the file) starts from that
+    file's keys, which this file's keys then override (tables key by key), so recipes that differ
+    in a few keys share one base."""
     try:
         with open(path, "rb") as fh:
             data = tomllib.load(fh)
@@ -61,7 +63,26 @@ def load_toml(cls: type, path: Path) -> Any:
         raise ConfigError(f"{path}: no such config file") from None
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from None
-    return from_dict(cls, data, str(path))
+    base_name = data.pop("extends", None)
+    if base_name is None:
+        return data
+    if not isinstance(base_name, str):
+        raise ConfigError(f"{path}: extends: expected the path of a base TOML file, got {base_name!r}")
+    base_path = (path.parent / base_name).resolve()
+    if base_path in seen or len(seen) > 8:
+        raise ConfigError(f"{path}: extends: {base_name} leads back to itself")
+    merged = _read_toml(base_path, (*seen, path.resolve()))
+    for key, value in data.items():
+        if isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
+    return merged
+
+
+def load_toml(cls: type, path: Path) -> Any:
+    path = Path(path)
+    return from_dict(cls, _read_toml(path, ()), str(path))
 
 
 def to_dict(obj: Any) -> dict:

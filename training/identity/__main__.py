@@ -32,6 +32,14 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_student(args) -> int:
+    from training.identity.student import load_student_config, train_student
+
+    best = train_student(load_student_config(args.config), Path(args.out), args.data_root)
+    print(f"student done: best validation score {best['score']:.4f} at epoch {best.get('epoch')}")
+    return 0
+
+
 def _write(report: dict, out) -> None:
     import json
 
@@ -116,6 +124,7 @@ def cmd_report(args) -> int:
         Path(args.out),
         tuple(args.boxes),
         args.threads,
+        args.flip,
     )
     return 0
 
@@ -142,7 +151,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="cache folder (one .npz per source)")
     p.add_argument("--data-root", default=None, help="data folder (default: $POSEFACE_DATA or ../shared/data)")
     p.add_argument("--landmark-model", default=None, help="PIPNet model (default: the shipped one)")
-    p.add_argument("--sources", nargs="+", default=["cfp", "lfw", "orl"], choices=["cfp", "lfw", "orl"])
+    p.add_argument(
+        "--sources",
+        nargs="+",
+        default=["cfp", "lfw", "orl"],
+        choices=["cfp", "lfw", "orl", "w300"],
+        help="w300: the 300-W faces, unlabelled (a student's distillation only)",
+    )
     p.add_argument(
         "--alignment",
         choices=["arcface_5", "dlib_68"],
@@ -158,6 +173,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", default=None, help="aligned-face cache (overrides the recipe's 'cache')")
     p.add_argument("--data-root", default=None, help="data folder (default: $POSEFACE_DATA or ../shared/data)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("student", help="distil a device-sized student from a teacher checkpoint (resumable)")
+    p.add_argument("--config", default=None, help="student recipe TOML (training/identity/configs/student_cpu.toml)")
+    p.add_argument("--out", required=True, help="run folder")
+    p.add_argument("--data-root", default=None)
+    p.set_defaults(func=cmd_student)
 
     p = sub.add_parser("eval", help="CFP FF/FP verification of a model on any CFP-layout folder")
     p.add_argument("--model", required=True, help="checkpoint (.pt), exported .onnx/.tflite, or 'dlib' (the baseline)")
@@ -191,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--calib-folds", default="8")
     p.add_argument("--boxes", nargs="+", default=["fiducials", "detector"], choices=["fiducials", "detector"])
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--flip", action="store_true", help="also score every arm with test-time flip")
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_report)
 

@@ -43,7 +43,7 @@ class IdentityTrainConfig:
     # guards of a fine-tune (each measured in the identity card's ablation)
     frozen_levels: int = 0  # dlib trunk: the stem and this many levels frozen, their output cached once
     trunk_lr_mult: float = 1.0  # learning rate of the pretrained part (trunk + projection) relative to lr
-    grad_clip: float = 0.0  # clip the gradient's global norm (0 = off)
+    grad_clip: float = 0.0  # clip the global gradient norm of the pretrained part (trunk + projection; 0 = off)
     head_init: str = "random"  # random | centres: class weights = classes' frontal centres, original net
     anchor_weight: float = 0.0  # 1 - cos(embedding, own class's frontal centre in the original net's space)
     self_distill_weight: float = 0.0  # 1 - cos(embedding, the original net's embedding of the same view)

@@ -187,12 +187,13 @@ class RunnerEmbedder:
 
     needs_image = False
 
-    def __init__(self, runner):
+    def __init__(self, runner, flip: bool | None = None):
         self.runner = runner
         self.alignment = alignment_for(runner)
+        self.flip = flip
 
     def embed(self, image, faces) -> np.ndarray:
-        return embed_batch(self.runner, [f.aligned for f in faces], batch_size=64)
+        return embed_batch(self.runner, [f.aligned for f in faces], batch_size=64, flip=self.flip)
 
 
 def default_landmark_model() -> Path:

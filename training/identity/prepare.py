@@ -58,6 +58,9 @@ def cfp_fiducial_face(photo, landmarker, spec: AlignmentSpec, image: np.ndarray 
     image = read_image_bgr(photo.image_path) if image is None else image
     return prepare_faces(image, [cfp_fiducial_crop(photo)], landmarker, spec, refine=ANNOTATION_REFINE)[0]
 SOURCES = ("cfp", "lfw", "orl")
+# Sources without identities (no person labels that classes could be built from): faces that a
+# student may be distilled on, never a margin head's classes. Prepared only when asked for.
+UNLABELLED_SOURCES = ("w300",)
 
 
 def _cfp_items(data_root: Path):
@@ -80,7 +83,17 @@ def _orl_items(data_root: Path):
         yield photo.path, np.array([-10.0, 0.0, 102.0, 112.0]), f"orl/s{photo.subject}", 0, False
 
 
-ITEMS = {"cfp": _cfp_items, "lfw": _lfw_items, "orl": _orl_items}
+def _w300_items(data_root: Path):
+    from edge.datasets.pts import read_pts
+    from edge.datasets.w300 import list_300w
+    from edge.geometry.landmarks68 import landmark_box
+
+    for face in list_300w(data_root / "300w"):
+        box = rough_crop_box(landmark_box(read_pts(face.pts_path)), 1.2)
+        yield face.image_path, box, f"w300/{face.name}", 0, False
+
+
+ITEMS = {"cfp": _cfp_items, "lfw": _lfw_items, "orl": _orl_items, "w300": _w300_items}
 
 
 def prepare_source(
@@ -142,16 +155,20 @@ def prepare_cache(
     data_root = Path(data_root) if data_root else require_data_root()
     out_dir.mkdir(parents=True, exist_ok=True)
     landmarker = load_landmarker(Path(landmark_model or LANDMARK_MODEL))
+    summary_path = out_dir / "summary.json"
+    earlier = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    if earlier.get("alignment", spec.to_dict()) != spec.to_dict():
+        raise ValueError(f"{out_dir}: holds {earlier['alignment']} crops; prepare {spec.to_dict()} into another folder")
     summary = {
         "data_root": str(data_root),
         "landmark_model": str(landmark_model or LANDMARK_MODEL),
         "alignment": spec.to_dict(),
-        "sources": {},
+        "sources": dict(earlier.get("sources", {})),  # sources prepared earlier into this folder stay listed
     }
     for source in sources:
         summary["sources"][source] = prepare_source(source, data_root, landmarker, out_dir, spec, progress)
         print(f"{source}: {summary['sources'][source]['faces']} faces of {summary['sources'][source]['people']} people")
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    summary_path.write_text(json.dumps(summary, indent=1) + "\n")
     return summary
 
 

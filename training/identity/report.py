@@ -4,8 +4,10 @@ pairs in one run, with oracle (fiducial) and detector boxes.
     python -m training.identity report --arm arcface=runs/abl_arcface/best.pt ... [--dlib]
         [--cfp-root ROOT] [--test-fold 9] [--calib-folds 8] [--out DIR]
 
-Faces are prepared once per box mode (the device chain) and embedded by every arm, so the
-arms differ only in their weights. Writes ``DIR/report.json``, ``DIR/ablation.md`` and
+Faces are prepared once per box mode and crop kind (the device chain; the crop each model's
+metadata asks for) and embedded by every arm, so arms of one kind differ only in their weights.
+``--flip`` adds a test-time-flip row per arm (the embedding of the face plus its mirror).
+Writes ``DIR/report.json``, ``DIR/ablation.md`` and
 ``DIR/roc_fp.png`` (dense frontal-profile ROC of every arm, detector boxes).
 """
 
@@ -86,6 +88,7 @@ def run_report(
     out: Path,
     boxes=BOXES,
     threads: int = 2,
+    flip: bool = False,
 ) -> dict:
     from edge.datasets.cfp import cfp_root as find_root
     from training.landmarks.evalcli import load_landmarker
@@ -94,18 +97,26 @@ def run_report(
     ev.check_folds(root, [test_fold, *calib])
     landmarker = load_landmarker(ev.default_landmark_model())
     embedders = {name: ev.RunnerEmbedder(ev.load_embedder(Path(p), threads=threads)) for name, p in arms.items()}
+    if flip:
+        for name, p in arms.items():
+            embedders[f"{name} +flip"] = ev.RunnerEmbedder(ev.load_embedder(Path(p), threads=threads), flip=True)
     if dlib:
         from training.identity.baseline_dlib import DlibFaceRecognizer
 
         embedders["dlib ResNet (teacher-size baseline)"] = DlibFaceRecognizer()
     sizes = {name: model_size(p) for name, p in arms.items()}
+    sizes.update({f"{name} +flip": sizes[name] for name in arms if flip})
     if dlib:
         sizes["dlib ResNet (teacher-size baseline)"] = model_size("dlib")
     out.mkdir(parents=True, exist_ok=True)
     rows, full, rocs = [], {}, {}
     for mode in boxes:
-        prepared = ev.prepare_photos(root, [test_fold, *calib], landmarker, mode)
+        by_alignment: dict = {}  # faces prepared once per crop kind (ArcFace 112, dlib 150, ...)
         for name, embedder in embedders.items():
+            spec = embedder.alignment
+            if spec not in by_alignment:
+                by_alignment[spec] = ev.prepare_photos(root, [test_fold, *calib], landmarker, mode, spec)
+            prepared = by_alignment[spec]
             table = ev.table_from(prepared, embedder, progress=getattr(embedder, "needs_image", False))
             rep = ev.verification_report(root, table, test_fold, calib, with_roc=True)
             roc = rep.pop("_roc")

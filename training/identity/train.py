@@ -145,13 +145,16 @@ class Original:
 
     FRONTAL_DEG = 30.0
 
-    def __init__(self, net: IdentityNet, cfg: IdentityTrainConfig, data, meta: ModelMeta):
+    def __init__(self, net: IdentityNet, cfg: IdentityTrainConfig, data, meta: ModelMeta, frozen=None):
         import copy
 
         self.net = copy.deepcopy(net).eval()
         for p in self.net.parameters():
             p.requires_grad_(False)
-        emb = embed_images(self.net, meta, data.images)
+        if frozen is not None:  # the cached output of the frozen levels: only the rest runs
+            emb = self._embed_frozen(frozen, cfg.frozen_levels)
+        else:
+            emb = embed_images(self.net, meta, data.images)
         frontal = (~data.profile) & (np.abs(data.pose[:, 0]) < self.FRONTAL_DEG)
         centres = np.zeros((len(data.classes), emb.shape[1]), np.float32)
         for c in range(len(data.classes)):
@@ -161,6 +164,14 @@ class Original:
             v = emb[rows].mean(axis=0)
             centres[c] = v / max(np.linalg.norm(v), 1e-9)
         self.centres = torch.from_numpy(centres)
+
+    def _embed_frozen(self, feats: np.ndarray, levels: int, batch: int = 128) -> np.ndarray:
+        out = []
+        with torch.no_grad():
+            for i in range(0, len(feats), batch):
+                x = torch.from_numpy(feats[i : i + batch].astype(np.float32))
+                out.append(F.normalize(self.net.id_proj(self.net.trunk.rest(x, levels)), dim=1).numpy())
+        return np.concatenate(out)
 
 
 def embed_images(net: IdentityNet, meta: ModelMeta, images: np.ndarray) -> np.ndarray:
@@ -214,7 +225,12 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
         provenance.update(origin=DLIB_ORIGIN, licence=DLIB_LICENCE)
         meta = dataclasses.replace(meta, extra={**meta.extra, "pretrained": provenance})
         write_json(run_dir / "meta.json", meta.to_dict())
-        original = Original(net, cfg, data, meta) if _needs_original(cfg) else None
+    if cfg.frozen_levels:
+        dataset = FrozenFeatureDataset(data, cfg, meta, net, seed=cfg.seed)
+    else:
+        dataset = IdentityDataset(data, cfg, meta, seed=cfg.seed)
+    if cfg.pretrained and _needs_original(cfg):
+        original = Original(net, cfg, data, meta, dataset.plain if cfg.frozen_levels else None)
         if cfg.head_init == "centres" and not last.exists():
             with torch.no_grad():
                 head.weight.copy_(original.centres)
@@ -232,10 +248,6 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         start, best = ckpt["epoch"] + 1, ckpt["best"]
         print(f"resuming {run_dir} at epoch {start + 1}/{cfg.epochs} (best val score {best['score']:.4f})")
-    if cfg.frozen_levels:
-        dataset = FrozenFeatureDataset(data, cfg, meta, net, seed=cfg.seed)
-    else:
-        dataset = IdentityDataset(data, cfg, meta, seed=cfg.seed)
     steps = len(dataset) // cfg.batch_size
     log_path = run_dir / "metrics.jsonl"
     for epoch in range(start, cfg.epochs):
@@ -269,10 +281,8 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
             terms = loss_terms(cfg, net, head, batch, original)
             opt.zero_grad()
             terms["total"].backward()
-            if cfg.grad_clip:
-                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(
-                    [p for g in opt.param_groups for p in g["params"]], cfg.grad_clip
-                )
+            if cfg.grad_clip:  # the pretrained part only: the new heads' large early gradients must not shrink it
+                terms["grad_norm"] = torch.nn.utils.clip_grad_norm_(opt.param_groups[0]["params"], cfg.grad_clip)
             opt.step()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())

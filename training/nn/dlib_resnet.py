@@ -135,6 +135,32 @@ class DlibResNet(nn.Module):
         return self.fc(self.pooled(x))
 
 
+def _fold_affine(conv: nn.Conv2d, aff: nn.Module) -> None:
+    """Fold an :class:`Affine` that follows ``conv`` into the conv's weights and bias."""
+    with torch.no_grad():
+        g, b = aff.gamma.detach(), aff.beta.detach()
+        conv.weight.mul_(g.view(-1, 1, 1, 1))
+        conv.bias.mul_(g).add_(b)
+
+
+def fused_copy(model: nn.Module) -> nn.Module:
+    """A copy of a module holding a :class:`DlibResNet` (anywhere inside) with every affine
+    folded into the conv before it (replaced by an identity): the same function in fewer
+    operations, for export (onnxruntime then quantises plain conv + relu)."""
+    import copy
+
+    out = copy.deepcopy(model).eval()
+    for net in [m for m in out.modules() if isinstance(m, DlibResNet)]:
+        _fold_affine(net.stem_conv, net.stem_aff)
+        net.stem_aff = nn.Identity()
+        for level in net.levels:
+            for block in level:
+                _fold_affine(block.conv1, block.aff1)
+                _fold_affine(block.conv2, block.aff2)
+                block.aff1, block.aff2 = nn.Identity(), nn.Identity()
+    return out
+
+
 def _expected_records() -> list[tuple[str, dict]]:
     """The record sequence (kind, fields to check) that dlib writes for this layout."""
     out: list[tuple[str, dict]] = [

@@ -1,0 +1,16 @@
+"""Where the shipped models live: the one place that names the default files.
+
+The runtime config, enrolment, the demos, the fault campaign and the build tools read these
+constants, so switching the default identity model is one line here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+MODELS_DIR = Path(__file__).resolve().parent / "models"
+SHIPPED_LANDMARKS = MODELS_DIR / "landmarks" / "pipnet_light.onnx"
+# The default identity model, and the small MobileFaceNet trained from scratch that it replaced
+# (still shipped: a fraction of the cost per face, much weaker; see the identity model card).
+SHIPPED_IDENTITY_MFN = MODELS_DIR / "identity" / "poseface_mfn.onnx"
+SHIPPED_IDENTITY = SHIPPED_IDENTITY_MFN
