@@ -29,6 +29,19 @@ from edge.runtime.runner import load_model
 MODELS_DIR = Path(__file__).parent / "models"
 
 
+def cpu_model() -> str:
+    """This machine's CPU as ``lscpu`` names it (timings are only comparable on one CPU)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+
+    return platform.processor() or platform.machine()
+
+
 def shipped_models() -> list[Path]:
     return sorted(
         p for p in MODELS_DIR.rglob("*") if p.suffix in (".onnx", ".tflite") and p.with_suffix(".json").exists()
@@ -239,7 +252,7 @@ def main(argv=None) -> int:
     print(format_table(rows))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"runs": args.runs, "rows": rows}, indent=1) + "\n")
+        args.json.write_text(json.dumps({"cpu": cpu_model(), "runs": args.runs, "rows": rows}, indent=1) + "\n")
     return 0
 
 

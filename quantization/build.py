@@ -36,6 +36,7 @@ from tqdm import tqdm
 from edge.runtime import load_model
 from edge.runtime.meta import file_sha256, load_meta, save_meta
 from edge.runtime.meta import variant_path as shipped_variant_path
+from edge.shipped import SHIPPED_IDENTITY, SHIPPED_IDENTITY_MFN, SHIPPED_LANDMARKS
 from quantization.calibration import calibration_batch, identity_faces, landmark_faces
 from quantization.onnx_int8 import CALIBRATION_METHODS, OnnxInt8Builder, quantisable_nodes
 from quantization.tflite import convert_tflite, tflite_meta, torch_graph
@@ -61,9 +62,12 @@ class ModelSpec:
         return self.fp32.stem
 
 
+# The shipped models (edge.shipped) and their training checkpoints (same stem): "identity" is the
+# default identity model, "identity_mfn" the small MobileFaceNet that still ships beside it.
 SPECS = {
-    "landmarks": ModelSpec("landmarks", MODELS / "landmarks" / "pipnet_light.onnx", CHECKPOINTS / "pipnet_light.pt"),
-    "identity": ModelSpec("identity", MODELS / "identity" / "poseface_mfn.onnx", CHECKPOINTS / "poseface_mfn.pt"),
+    "landmarks": ModelSpec("landmarks", SHIPPED_LANDMARKS, CHECKPOINTS / f"{SHIPPED_LANDMARKS.stem}.pt"),
+    "identity": ModelSpec("identity", SHIPPED_IDENTITY, CHECKPOINTS / f"{SHIPPED_IDENTITY.stem}.pt"),
+    "identity_mfn": ModelSpec("identity", SHIPPED_IDENTITY_MFN, CHECKPOINTS / f"{SHIPPED_IDENTITY_MFN.stem}.pt"),
 }
 
 
@@ -265,7 +269,7 @@ def build(task: str, out_dir: Path | None = None, calib: int = 256, select: int 
             summary["onnx_int8"] = build_onnx_int8(spec, calib_images, selection, out_dir, Path(tmp))
         if "tflite" in formats:
             summary["tflite"] = build_tflite(spec, calib_images, selection, out_dir)
-    if task == "identity":  # the copied fp32 thresholds would not be this file's own
+    if spec.task == "identity":  # the copied fp32 thresholds would not be this file's own
         landmarks_dir = out_dir.parent / "landmarks"
         landmarks_dir = landmarks_dir if landmarks_dir.is_dir() else MODELS / "landmarks"
         for fmt, precision in (("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8")):

@@ -30,10 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from edge.runtime import load_model
+from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "edge" / "models"
-STEMS = {"landmarks": "pipnet_light", "identity": "poseface_mfn"}
+STEMS = {"landmarks": SHIPPED_LANDMARKS.stem, "identity": SHIPPED_IDENTITY.stem}  # the shipped defaults
 VARIANTS = (("onnx", "fp32"), ("onnx", "int8"), ("tflite", "fp32"), ("tflite", "fp16"), ("tflite", "int8"))
 
 # Targets (issue 7): checked here, never by timed unit tests.

@@ -77,7 +77,9 @@ def cmd_eval(args) -> int:
         name = "dlib_face_recognition_resnet_model_v1"
     else:
         runner = ev.load_embedder(Path(args.model), threads=args.threads)
-        table = ev.photo_table(root, [args.test_fold, *calib], landmarker, args.boxes, ev.RunnerEmbedder(runner))
+        flip = {"model": None, "on": True, "off": False}[args.flip]
+        embedder = ev.RunnerEmbedder(runner, flip=flip)
+        table = ev.photo_table(root, [args.test_fold, *calib], landmarker, args.boxes, embedder)
         name = str(args.model)
     report = ev.verification_report(root, table, args.test_fold, calib, with_roc=bool(args.roc))
     rocs = report.pop("_roc", None)
@@ -85,6 +87,7 @@ def cmd_eval(args) -> int:
         "model": name,
         "cfp_root": str(root),
         "boxes": args.boxes,
+        "flip": args.flip,
         **report,
         "seconds": round(time.time() - t0, 1),
     }
@@ -138,7 +141,39 @@ def cmd_card(args) -> int:
         Path(args.run),
         evals,
         Path(args.ablation) if args.ablation else None,
-        Path(args.out) if args.out else Path(args.model).parent / "MODEL_CARD.md",
+        Path(args.out) if args.out else card_path(Path(args.model)),
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+def card_path(model: Path) -> Path:
+    """``MODEL_CARD.md`` for the default identity model (the quantization report adds to it),
+    ``MODEL_CARD_<stem>.md`` for any other model in the folder."""
+    from edge.shipped import SHIPPED_IDENTITY
+
+    if model.resolve() == SHIPPED_IDENTITY.resolve():
+        return model.parent / "MODEL_CARD.md"
+    return model.parent / f"MODEL_CARD_{model.stem}.md"
+
+
+def cmd_finetune_card(args) -> int:
+    from training.identity.finetune_card import write_finetune_card
+
+    evals = {}
+    for item in args.eval:
+        if "=" not in item:
+            raise ValueError(f"--eval: expected NAME=JSON, got {item!r}")
+        name, path = item.split("=", 1)
+        evals[name] = Path(path)
+    out = write_finetune_card(
+        Path(args.model),
+        Path(args.run),
+        evals,
+        Path(args.ablation) if args.ablation else None,
+        Path(args.out) if args.out else card_path(Path(args.model)),
+        Path(args.student_eval) if args.student_eval else None,
+        Path(args.bench) if args.bench else None,
     )
     print(f"wrote {out}")
     return 0
@@ -195,6 +230,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write the report here too")
     p.add_argument("--roc", default=None, help="write the dense-pair ROC plot (PNG) here")
+    p.add_argument(
+        "--flip",
+        choices=["model", "on", "off"],
+        default="model",
+        help="test-time flip (embedding of the face plus its mirror): as the model's metadata says, on or off",
+    )
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="export a checkpoint's identity path to ONNX (opset 17) with metadata")
@@ -224,6 +265,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", default=None, help="folder written by the report command")
     p.add_argument("--out", default=None)
     p.set_defaults(func=cmd_card)
+    p = sub.add_parser("finetune-card", help="write the card of a model fine-tuned from dlib's ResNet")
+    p.add_argument("--model", required=True)
+    p.add_argument("--run", required=True, help="its training run folder")
+    p.add_argument("--eval", action="append", default=[], help="NAME=JSON of the eval command (repeat)")
+    p.add_argument("--ablation", default=None, help="folder written by the report command")
+    p.add_argument("--student-eval", default=None, help="eval JSON of the distilled student")
+    p.add_argument("--bench", default=None, help="python -m edge.bench JSON timing this model beside the old one")
+    p.add_argument("--out", default=None, help="default: MODEL_CARD.md (default model) or MODEL_CARD_<stem>.md")
+    p.set_defaults(func=cmd_finetune_card)
     return parser
 
 

@@ -50,6 +50,7 @@ class IdentityTrainConfig:
     # loss
     head: str = "arcface"  # arcface | cosface | sphereface | paa
     head_options: dict = field(default_factory=dict)
+    head_weight: float = 1.0  # weight of the margin head's cross-entropy (0: the guards alone train)
     regularface_weight: float = 0.0  # lambda of the exclusive regularizer (0 = off)
     regularface_batch_only: bool = False
     pose_weight: float = 0.0  # PoseFace pose branch (0 = no branch)

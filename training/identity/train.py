@@ -101,7 +101,7 @@ def loss_terms(cfg, net, head, batch, original=None) -> dict[str, torch.Tensor]:
     else:
         emb, pose = net.forward_train(batch["image"])
     logits = head(emb, batch["label"], batch["yaw"])
-    terms = {"ce": F.cross_entropy(logits, batch["label"])}
+    terms = {"ce": cfg.head_weight * F.cross_entropy(logits, batch["label"])}
     if cfg.self_distill_weight:
         with torch.no_grad():
             if "feat" in batch:
