@@ -49,6 +49,13 @@ def _orl_dlib(cache_dir, **overrides) -> IdentityTrainConfig:
     return IdentityTrainConfig(**{**base, **overrides})
 
 
+def _orl_imported(cache_dir) -> IdentityTrainConfig:
+    """The imported network as it is (0 epochs: no guard applies)."""
+    return _orl_dlib(
+        cache_dir, epochs=0, frozen_levels=0, head_init="random", anchor_weight=0.0, self_distill_weight=0.0
+    )
+
+
 @pytest.fixture(scope="module")
 def orl_chips(real_data, tmp_path_factory):
     """40 real ORL photos cut as dlib's 150x150 chips by our device chain."""
@@ -110,9 +117,7 @@ def test_zero_epochs_keeps_the_imported_network(orl_chips, tmp_path):
     from training.identity.train import train
     from training.nn.dlib_resnet import INPUT_MEAN_RGB, load_dlib_resnet
 
-    cfg = _orl_dlib(orl_chips, epochs=0, frozen_levels=0, head_init="random", anchor_weight=0.0,
-                    self_distill_weight=0.0)
-    train(cfg, tmp_path / "run")
+    train(_orl_imported(orl_chips), tmp_path / "run")
     out = export_onnx(tmp_path / "run" / "best.pt", tmp_path / "r29.onnx")
     runner = load_model(out)
     assert alignment_for(runner) == DLIB_150
@@ -171,8 +176,7 @@ def test_student_learns_the_teachers_embedding(orl_chips, tmp_path):
     from training.identity.train import train
 
     teacher = tmp_path / "teacher"
-    train(_orl_dlib(orl_chips, epochs=0, frozen_levels=0, head_init="random", anchor_weight=0.0,
-                    self_distill_weight=0.0), teacher)
+    train(_orl_imported(orl_chips), teacher)
     cfg = StudentConfig(
         cache=str(orl_chips),
         teacher=str(teacher / "best.pt"),

