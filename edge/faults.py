@@ -304,14 +304,20 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
     tracks_kept = 0
     for _ in range(cuts):
         out.injected += 1
-        before_frames, before_events = frames_seen(), len(_events(events))
+        before_events = len(_events(events))
+        before_reconnects = runner.source.health().get("reconnects", 0)
         camera.cut()
         _wait(lambda: runner.source.health().get("state") == "reconnecting", 10)
         time.sleep(outage_s)
         reconnecting = runner.source.health().get("state") == "reconnecting"
         camera.restore()
-        resumed = _wait(lambda b=before_frames: frames_seen() >= b + 10, 30)
-        events_resumed = _wait(lambda b=before_events: len(_events(events)) > b + 4, 60)
+        # Frames the stream had buffered before the cut are still being processed after it, so
+        # "resumed" counts only from this cut's reconnect: otherwise the next cut lands while the
+        # source is still reconnecting and two cuts merge into one outage.
+        reconnected = _wait(lambda b=before_reconnects: runner.source.health().get("reconnects", 0) > b, 30)
+        after_frames, after_events = frames_seen(), len(_events(events))
+        resumed = reconnected and _wait(lambda b=after_frames: frames_seen() >= b + 10, 30)
+        events_resumed = _wait(lambda b=after_events: len(_events(events)) > b + 4, 60)
         # The tracker lives on across the outage: track ids keep counting, never start again.
         seen = _events(events)
         ids_before = {e["track_id"] for e in seen[:before_events]}
