@@ -13,7 +13,7 @@ would leak the enrolling machine's folder layout into exports). Photos without a
 reported and skipped. Errors print one line on stderr and exit with status 2.
 
 The chain of :func:`embed_face`: BlazeFace short range -> detector box to landmark crop
-(``BLAZEFACE_SHORT_CROP``) -> PIPNet 68 landmarks -> head pose yaw -> 5-point alignment ->
+(``BLAZEFACE_SHORT_CROP``) -> PIPNet 68 landmarks -> head pose yaw -> the crop the identity model names ->
 identity embedding (the model's first output), L2-normalised.
 """
 

@@ -10,7 +10,8 @@ from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
 SHIPPED_LANDMARKS = MODELS_DIR / "landmarks" / "pipnet_light.onnx"
-# The default identity model, and the small MobileFaceNet trained from scratch that it replaced
-# (still shipped: a fraction of the cost per face, much weaker; see the identity model card).
+# The default identity model (dlib's CC0 ResNet fine-tuned by training/identity, recipe
+# configs/dlib/shipped.toml), and the small MobileFaceNet trained from scratch that it replaced
+# (still shipped: a fraction of the cost per face, much weaker; see MODEL_CARD_poseface_mfn.md).
 SHIPPED_IDENTITY_MFN = MODELS_DIR / "identity" / "poseface_mfn.onnx"
-SHIPPED_IDENTITY = SHIPPED_IDENTITY_MFN
+SHIPPED_IDENTITY = MODELS_DIR / "identity" / "poseface_r29.onnx"

@@ -169,7 +169,7 @@ def build_onnx_int8(spec: ModelSpec, calib_images: list, selection: Selection, o
         "weights": "int8 (symmetric, per channel)",
         "calibration_method": method,
         "calibration_faces": len(calib_images),
-        "calibration_data": CALIBRATION_DATA[spec.task],
+        "calibration_data": calibration_data(spec),
         "selection_damage_by_method": {k2: round(v, 6) for k2, v in methods.items()},
         "selection_metric": SELECTION_METRIC[spec.task],
         "selection_faces": len(selection.images),
@@ -188,8 +188,20 @@ def build_onnx_int8(spec: ModelSpec, calib_images: list, selection: Selection, o
 
 CALIBRATION_DATA = {
     "landmarks": "300-W training split (AFW + HELEN-train), test crop policy, seeded sample",
-    "identity": "CFP folds 1-8 (frontal and profile), fiducial box, PIPNet landmarks, 5-point alignment",
+    "identity": "CFP folds 1-8 (frontal and profile), fiducial box, PIPNet landmarks, "
+    "aligned as the model's metadata says",
 }
+
+
+def calibration_data(spec: ModelSpec) -> str:
+    """Where the calibration faces came from; for identity with the model's own crop named."""
+    text = CALIBRATION_DATA[spec.task]
+    if spec.task == "identity":
+        from edge.geometry.align import alignment_from_meta
+
+        a = alignment_from_meta(load_meta(spec.fp32.with_suffix(".json")))
+        text += f" ({a.template} at {a.size}x{a.size})"
+    return text
 SELECTION_METRIC = {
     "landmarks": "NME increase over fp32 on other 300-W training faces",
     "identity": "1 - mean cosine(int8, fp32) on other CFP folds 1-8 faces",
@@ -218,7 +230,7 @@ def build_tflite(spec: ModelSpec, calib_images: list, selection: Selection, out_
                 {
                     "method": "PT2E, symmetric int8 per-channel weights, int8 activations (min-max observers)",
                     "calibration_faces": len(calib_images),
-                    "calibration_data": CALIBRATION_DATA[spec.task],
+                    "calibration_data": calibration_data(spec),
                 }
             )
         if precision == "fp16":

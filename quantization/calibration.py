@@ -4,7 +4,8 @@
   cropped by the test crop policy (``edge.landmarks.crop``) at the model's input size.
 - Identity: CFP folds 1-8 photos (never fold 9, which the report scores on), frontal and
   profile in CFP's own 10:4 ratio, through the device chain: the fiducials' crop box, our PIPNet
-  landmarks, 5-point alignment to 112x112 (``edge.faces``).
+  landmarks, the crop the identity model's metadata names (ArcFace 5-point 112x112 or dlib's
+  68-point 150x150 chip; ``edge.faces.alignment_for``).
 
 Both return uint8 BGR images; :func:`calibration_batch` turns them into the model's float
 input with ``edge.runtime.preprocess``, so calibration sees exactly what the device feeds.

@@ -103,8 +103,11 @@ def test_shipped_recipes_load():
     for path in arms:
         cfg = load_toml(IdentityTrainConfig, path)
         assert cfg.trunk == "dlib_resnet" and 9 not in cfg.train_cfp_folds
-    student = load_student_config(folder / "student_cpu.toml")
-    assert 9 not in student.train_cfp_folds and "w300" in student.sources
+    for name in ("student_cpu.toml", "student_session.toml"):
+        student = load_student_config(folder / name)
+        assert 9 not in student.train_cfp_folds and "w300" in student.sources
+    shipped = load_toml(IdentityTrainConfig, folder / "dlib" / "shipped.toml")
+    assert shipped.train_cfp_folds == (1, 2, 3, 4, 5, 6, 7, 8) and not shipped.val_cfp_folds
 
 
 @pytest.mark.real_data
@@ -118,15 +121,16 @@ def test_zero_epochs_keeps_the_imported_network(orl_chips, tmp_path):
     from training.nn.dlib_resnet import INPUT_MEAN_RGB, load_dlib_resnet
 
     train(_orl_imported(orl_chips), tmp_path / "run")
-    out = export_onnx(tmp_path / "run" / "best.pt", tmp_path / "r29.onnx")
+    out = export_onnx(tmp_path / "run" / "best.pt", tmp_path / "r29.onnx", flip=True)
     runner = load_model(out)
     assert alignment_for(runner) == DLIB_150
+    assert runner.meta.extra["test_time_flip"] is True  # where eval --flip on measured a gain
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["extra"]["pretrained"]["licence"].startswith("CC0")
     assert len(meta["extra"]["pretrained"]["sha256"]) == 64
     with np.load(orl_chips / "orl.npz") as z:
         chips = z["images"][:6]
-    got = embed_batch(runner, list(chips))
+    got = embed_batch(runner, list(chips), flip=False)  # the network itself, not face + mirror
     model, _ = load_dlib_resnet()
     x = torch.from_numpy(np.stack([c[:, :, ::-1] for c in chips]).astype(np.float32)).permute(0, 3, 1, 2)
     with torch.no_grad():
@@ -212,9 +216,18 @@ def test_test_time_flip_sums_the_mirror_and_follows_the_metadata():
 
     def runner(extra):
         meta = ModelMeta(
-            name="toy", version="1", task="identity", format="onnx", precision="fp32", input_size=(4, 4),
-            input_layout="NCHW", color_order="GRAY", normalisation={"mean": [0.0], "std": [1.0]},
-            input_name="image", output_names=("embedding",), extra=extra,
+            name="toy",
+            version="1",
+            task="identity",
+            format="onnx",
+            precision="fp32",
+            input_size=(4, 4),
+            input_layout="NCHW",
+            color_order="GRAY",
+            normalisation={"mean": [0.0], "std": [1.0]},
+            input_name="image",
+            output_names=("embedding",),
+            extra=extra,
         )
         return Columns("<toy>", meta)
 
@@ -226,3 +239,50 @@ def test_test_time_flip_sums_the_mirror_and_follows_the_metadata():
     assert model_flips(runner({"test_time_flip": True}))
     assert np.allclose(embed_batch(runner({"test_time_flip": True}), [face])[0], both / np.linalg.norm(both))
     assert np.allclose(embed_batch(runner({"test_time_flip": True}), [face], flip=False)[0], plain)
+
+
+def _eval_report(boxes, flip, ff, fp, fp_profile):
+    yaw = {"0-30": {"accuracy": fp}, "30-60": {"accuracy": fp}, "60-90": {"accuracy": fp_profile}}
+    return {
+        "boxes": boxes,
+        "flip": flip,
+        "FF": {"accuracy": ff, "dense": {"tar@far=0.001": ff, "eer": 1 - ff}},
+        "FP": {"accuracy": fp, "per_probe_yaw": yaw, "dense": {"tar@far=0.001": fp / 2, "eer": 1 - fp}},
+    }
+
+
+def test_card_sections_say_what_was_measured(tmp_path):
+    from quantization.report import CARD_BEGIN, CARD_END
+    from training.identity.card import write_card_text
+    from training.identity.finetune_card import demo_section, landmark_cost_lines, student_section
+
+    # the quantization report's section survives a rewrite of the card; nothing else of the old text does
+    card = tmp_path / "MODEL_CARD.md"
+    card.write_text(f"# old card\nstale line\n\n{CARD_BEGIN}\n| int8 | 0.99 |\n{CARD_END}\n")
+    write_card_text(card, "# new card\nfresh line")
+    text = card.read_text()
+    assert "fresh line" in text and "stale line" not in text and "| int8 | 0.99 |" in text
+    assert text.index("fresh line") < text.index(CARD_BEGIN)
+    write_card_text(card, "# again")
+    assert card.read_text().count(CARD_BEGIN) == 1
+
+    demo = {
+        "model": "m_int8.onnx", "enrolled_people": 20, "stranger_people": 20,
+        "frontal_identification_rate": 0.975, "frontal_misidentified": 0, "frontal_probes": 160,
+        "profile_identification_rate": 0.4875, "profile_misidentified": 3, "profile_probes": 80,
+        "frontal_stranger_probes": 200, "frontal_stranger_false_accepts": 7,
+        "profile_stranger_probes": 80, "profile_stranger_false_accepts": 1,
+    }  # fmt: skip
+    lines = "\n".join(demo_section(demo))
+    assert "frontal >= 95.0% (met)" in lines and "profile >= 80.0% (NOT met)" in lines
+    assert "8 of 280" in lines and "strangers <= 1.0% (NOT met)" in lines
+
+    det = _eval_report("detector", "on", 0.997, 0.913, 0.849)
+    fid = _eval_report("fiducials", "on", 0.997, 0.939, 0.967)
+    lines = "\n".join(landmark_cost_lines({"a": det, "b": fid}))
+    assert "FP 91.3% from detector boxes against 93.9%" in lines and "84.9% against 96.7%" in lines
+    assert landmark_cost_lines({"a": det}) == []  # nothing to compare against
+
+    student = dict(_eval_report("detector", "off", 0.95, 0.80, 0.7), model="student.onnx")
+    lines = "\n".join(student_section(student, det))
+    assert "4.7 points (FF) and 11.3 points (FP) below its teacher" in lines

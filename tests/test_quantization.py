@@ -115,10 +115,11 @@ def test_int8_builder_rejects_bad_calibration(tmp_path):
 
 
 def test_variant_names_are_stable():
-    spec = SPECS["identity"]
-    assert variant_path(spec, "onnx", "int8").name == "poseface_mfn_int8.onnx"
-    assert variant_path(spec, "tflite", "fp32").name == "poseface_mfn_tfl_fp32.tflite"
-    assert variant_path(spec, "tflite", "int8").name == "poseface_mfn_tfl_int8.tflite"
+    for task, stem in (("identity", "poseface_r29"), ("identity_mfn", "poseface_mfn")):
+        spec = SPECS[task]
+        assert variant_path(spec, "onnx", "int8").name == f"{stem}_int8.onnx"
+        assert variant_path(spec, "tflite", "fp32").name == f"{stem}_tfl_fp32.tflite"
+        assert variant_path(spec, "tflite", "int8").name == f"{stem}_tfl_int8.tflite"
     # every variant has its own metadata file
     names = {variant_path(spec, f, p).with_suffix(".json").name for f, p in VARIANTS}
     assert len(names) == len(VARIANTS)

@@ -103,7 +103,8 @@ def cmd_export(args) -> int:
     from training.identity.export import export_onnx
 
     accuracy = json.loads(Path(args.accuracy_json).read_text()) if args.accuracy_json else None
-    out = export_onnx(Path(args.checkpoint), Path(args.out), accuracy=accuracy, name=args.name)
+    flip = {"on": True, "off": False, None: None}[args.test_time_flip]
+    out = export_onnx(Path(args.checkpoint), Path(args.out), accuracy=accuracy, name=args.name, flip=flip)
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
@@ -175,6 +176,8 @@ def cmd_finetune_card(args) -> int:
         Path(args.out) if args.out else card_path(Path(args.model)),
         Path(args.student_eval) if args.student_eval else None,
         Path(args.bench) if args.bench else None,
+        Path(args.demo) if args.demo else None,
+        args.recipe,
     )
     print(f"wrote {out}")
     return 0
@@ -244,6 +247,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help=".onnx file; metadata is written beside it (.json)")
     p.add_argument("--accuracy-json", default=None, help="a JSON object of measured numbers to record in the metadata")
     p.add_argument("--name", default=None)
+    p.add_argument(
+        "--test-time-flip",
+        choices=["on", "off"],
+        default=None,
+        help="record in the metadata whether the runtime embeds face + mirror by default (extra.test_time_flip); "
+        "set it where eval --flip on measured a gain",
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("report", help="ablation table: arms and dlib on the same CFP pairs")
@@ -273,6 +283,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", default=None, help="folder written by the report command")
     p.add_argument("--student-eval", default=None, help="eval JSON of the distilled student")
     p.add_argument("--bench", default=None, help="python -m edge.bench JSON timing this model beside the old one")
+    p.add_argument("--demo", default=None, help="people_demo.json of python -m edge.demo_people with this model")
+    p.add_argument("--recipe", default=None, help="the recipe TOML the run was trained with (named in the card)")
     p.add_argument("--out", default=None, help="default: MODEL_CARD.md (default model) or MODEL_CARD_<stem>.md")
     p.set_defaults(func=cmd_finetune_card)
     return parser

@@ -96,6 +96,20 @@ def ablation_section(ablation: Path | None, title: str, intro: str) -> list[str]
     return [title, "", intro, "", (ablation / "ablation.md").read_text(), f"Sizes: {sizes}.", ""]
 
 
+def write_card_text(out: Path, text: str) -> Path:
+    """Write a card atomically, keeping the section ``python -m quantization.report --cards``
+    wrote into an earlier version of it (the variants' numbers are not this writer's to drop)."""
+    from quantization.report import CARD_BEGIN, CARD_END
+
+    old = out.read_text() if out.exists() else ""
+    if CARD_BEGIN in old and CARD_END in old:
+        text = text.rstrip() + "\n\n" + old[old.index(CARD_BEGIN) : old.index(CARD_END) + len(CARD_END)] + "\n"
+    tmp = out.with_name(out.name + ".tmp")
+    tmp.write_text(text)
+    tmp.replace(out)
+    return out
+
+
 def thresholds_section(meta) -> list[str]:
     """The card's lines for the device thresholds in a model's metadata (none if uncalibrated)."""
     if not meta.extra.get("matching_thresholds"):
@@ -196,5 +210,5 @@ def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | 
         "- `training/identity/results/`: the measured JSON behind every table here.",
         "",
     ]
-    out.write_text("\n".join(parts))
+    write_card_text(out, "\n".join(parts))
     return out

@@ -29,8 +29,14 @@ class _IdentityPath(torch.nn.Module):
 
 
 def export_onnx(
-    checkpoint: Path, out: Path, accuracy: dict | None = None, name: str | None = None, notes: str | None = None
+    checkpoint: Path,
+    out: Path,
+    accuracy: dict | None = None,
+    name: str | None = None,
+    notes: str | None = None,
+    flip: bool | None = None,
 ) -> Path:
+    """``flip``: record ``extra.test_time_flip`` (None leaves it out: the runtime's default, off)."""
     from training.nn.dlib_resnet import fused_copy
 
     net, meta, _ = load_checkpoint(checkpoint)
@@ -53,6 +59,8 @@ def export_onnx(
     extra = dict(meta.extra)
     if notes:
         extra["accuracy_notes"] = notes
+    if flip is not None:
+        extra["test_time_flip"] = bool(flip)
     extra["parameters"] = int(sum(p.numel() for p in graph.parameters()))
     origin, licence = f"poseface-edge training/identity, checkpoint {Path(checkpoint).name}", "Apache-2.0"
     pretrained = extra.get("pretrained")
