@@ -22,6 +22,8 @@ from training.landmarks.meta import landmark_meta
 from training.landmarks.model import PipNet
 from training.nn.runner import TorchRunner
 
+from .conftest import real_subset
+
 TINY = LandmarkTrainConfig(backbone="mobilenetv2", backbone_options={"width": 0.25, "last_channels": 0}, input_size=64)
 
 
@@ -142,3 +144,60 @@ def test_config_errors_name_the_key(tmp_path):
     bad.write_text('lr = "fast"\n')
     with pytest.raises(ConfigError, match="lr: expected float"):
         load_toml(LandmarkTrainConfig, bad)
+
+
+# ------------------------------------------------------------------ CFP mode of the eval CLI
+
+
+def _tiny_cfp(real: Path, out: Path, people=(401, 402)) -> Path:
+    """A CFP-layout folder (links to real photos and fiducials) holding two fold-9 people."""
+    for person in people:
+        for view in ("frontal", "profile"):
+            for kind, ext in (("Images", ".jpg"), ("Fiducials", ".txt")):
+                src = real / "Data" / kind / f"{person:03d}" / view / f"01{ext}"
+                dst = out / "Data" / kind / f"{person:03d}" / view / f"01{ext}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                dst.symlink_to(src)
+    split = out / "Protocol" / "Split" / "FP" / "09"
+    split.mkdir(parents=True)
+    (split / "same.txt").write_text("1,2\n")
+    (split / "diff.txt").write_text("1,2\n")
+    return out
+
+
+def test_cfp_errors_count_only_mapped_points():
+    from edge.datasets.cfp_fiducials import fiducials_to_ibug68
+    from training.landmarks.cfp_eval import fiducial_diagonal, photo_errors
+
+    rng = np.random.default_rng(0)
+    fid = np.c_[np.linspace(100, 200, 30), np.linspace(50, 260, 30) + rng.normal(0, 3, 30)]
+    fid[18:22, 0] += 60  # nose to the right of the jaw: a face looking right
+    target, mask = fiducials_to_ibug68(fid, "profile")
+    pred = np.where(mask[:, None], target, 1e6)  # unmapped points far off: must not count
+    err = photo_errors(pred, fid, "profile")
+    assert np.isnan(err[~mask]).all() and np.allclose(err[mask], 0)
+    pred = np.where(mask[:, None], target + [3.0, 4.0], 1e6)  # every mapped point 5 px off
+    assert np.allclose(photo_errors(pred, fid, "profile")[mask], 5.0 / fiducial_diagonal(fid))
+
+
+def test_eval_cli_scores_cfp_photos_and_names_absent_folds(real_data, tmp_path):
+    import subprocess
+    import sys
+
+    root = _tiny_cfp(real_subset(real_data, "cfp"), tmp_path / "cfp")
+    repo = Path(__file__).resolve().parents[1]
+    model = repo / "edge" / "models" / "landmarks" / "pipnet_light.onnx"
+    cmd = [sys.executable, "-m", "training.landmarks", "eval", "--model", str(model), "--cfp-root", str(root)]
+    out = subprocess.run(cmd + ["--folds", "8"], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "fold(s) 8 not found" in out.stderr
+    out = subprocess.run(cmd, capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "--folds" in out.stderr
+    report_path = tmp_path / "cfp.json"
+    subprocess.run(cmd + ["--folds", "9", "--json", str(report_path)], check=True, capture_output=True, cwd=repo)
+    report = json.loads(report_path.read_text())
+    for view in ("frontal", "profile"):
+        r = report[view]
+        assert r["photos"] == 2 and r["scored"] + r["no_face"] == 2 and r["scored"] >= 1
+        assert 0 < r["nme"] < 0.3, r  # a real error, on the scale of the fiducial box
+    assert set(report["frontal"]["nme_by_group"]) == {"jaw", "brows", "nose", "eyes", "mouth"}
+    assert "jaw" not in report["profile"]["nme_by_group"] or report["profile"]["nme_by_group"]["jaw"] > 0

@@ -128,3 +128,33 @@ def test_model_shapes_and_head_init(backbone, opts):
     for head in (m.score, m.off_x, m.nb_y):
         assert head.weight.std().item() == pytest.approx(0.001, rel=0.2)
         assert head.bias.abs().max().item() == 0
+
+
+def test_masked_loss_gives_unlabelled_points_no_gradient():
+    """CFP's fiducials label some of the 68 points: the others (NaN in the target) get no
+    score-map, offset or neighbour gradient; neighbours count only where both ends are labelled."""
+    nb = neighbour_table(_mean_face(), 10)
+    pts = _mean_face(seed=5).copy()
+    labelled = np.zeros(68, bool)
+    labelled[[8, 30, 33, 36, 39, 48, 54]] = True
+    pts[~labelled] = np.nan
+    t = {k: torch.from_numpy(v)[None] for k, v in make_targets(np.nan_to_num(pts), nb, (6, 6), 32).items()}
+    t["off"][0, ~torch.from_numpy(labelled)] = float("nan")  # what an unlabelled target may hold
+    mask = torch.from_numpy(labelled)[None]
+    nb_mask = torch.from_numpy(labelled[:, None] & labelled[nb])[None]
+    outs = [o[:1].clone().requires_grad_(True) for o in _random_outputs()]
+    loss = pipnet_loss(tuple(outs), t["cell"], t["off"], t["nb_off"], mask=mask, nb_mask=nb_mask)
+    assert torch.isfinite(loss["total"])
+    loss["total"].backward()
+    score_grad = outs[0].grad[0].abs().sum(dim=(1, 2))
+    assert (score_grad[~labelled] == 0).all() and (score_grad[labelled] > 0).all()
+    off_grad = outs[1].grad[0].abs().sum(dim=(1, 2))
+    assert (off_grad[~labelled] == 0).all() and (off_grad[labelled] > 0).all()
+    nb_grad = outs[3].grad[0].reshape(68, 10, 36).abs().sum(dim=2)
+    assert ((nb_grad > 0) == torch.from_numpy(labelled[:, None] & labelled[nb])).all()
+    # an all-ones mask is the unmasked loss
+    full = {k: torch.from_numpy(v)[None] for k, v in make_targets(_mean_face(seed=5), nb, (6, 6), 32).items()}
+    plain = [o[:1] for o in _random_outputs()]
+    a = pipnet_loss(tuple(plain), full["cell"], full["off"], full["nb_off"])["total"]
+    b = pipnet_loss(tuple(plain), full["cell"], full["off"], full["nb_off"], mask=torch.ones(1, 68))["total"]
+    assert torch.allclose(a, b)

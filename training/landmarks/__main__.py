@@ -43,6 +43,8 @@ def cmd_eval(args) -> int:
     from training.landmarks.evalcli import labelled_images, load_landmarker, plot_ced, score, yaw_of
     from training.landmarks.evaluate import predict_faces
 
+    if args.cfp_root:
+        return _eval_cfp(args)
     if args.images:
         faces = labelled_images(args.images)
         source = str(args.images)
@@ -62,6 +64,38 @@ def cmd_eval(args) -> int:
     report["seconds_per_face"] = round(seconds / len(faces), 4)
     if args.ced:
         plot_ced({Path(args.model).name: errors}, args.ced)
+    _write(report, args.json)
+    return 0
+
+
+def _eval_cfp(args) -> int:
+    from edge.datasets.cfp import available_folds, parse_folds
+    from training.landmarks.cfp_eval import cfp_landmark_errors
+    from training.landmarks.evalcli import load_landmarker
+
+    if not args.folds:
+        print("--cfp-root needs --folds (e.g. '9' or '1-8')", file=sys.stderr)
+        return 2
+    try:
+        folds = parse_folds(args.folds)
+    except ValueError as err:
+        print(f"--folds: {err}", file=sys.stderr)
+        return 2
+    missing = sorted(set(folds) - set(available_folds(args.cfp_root)))
+    if missing:
+        print(
+            f"{args.cfp_root}: fold(s) {', '.join(map(str, missing))} not found in its Protocol/Split", file=sys.stderr
+        )
+        return 2
+    from edge.faces import DEVICE_REFINE
+
+    landmarker = load_landmarker(args.model, args.threads)
+    refine = args.refine if args.refine is not None else DEVICE_REFINE
+    report = {
+        "model": str(args.model),
+        "cfp_root": str(args.cfp_root),
+        **cfp_landmark_errors(landmarker, args.cfp_root, folds, refine=refine),
+    }
     _write(report, args.json)
     return 0
 
@@ -101,6 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", type=Path, help="folder of images with iBUG .pts files beside them")
     src.add_argument("--split", choices=["val", "train"], help="our fixed 300-W split instead of a folder")
+    src.add_argument(
+        "--cfp-root", type=Path, help="a folder in the CFP layout: error over the points its fiducials mark"
+    )
+    p.add_argument("--folds", help="with --cfp-root: protocol folds to score, e.g. '9' or '1-8'")
+    p.add_argument(
+        "--refine",
+        type=int,
+        default=None,
+        help="with --cfp-root: re-crops from the predicted points (default: the device's)",
+    )
     p.add_argument("--json", type=Path, help="write the report here too")
     p.add_argument("--ced", type=Path, help="write a CED plot (PNG) here")
     p.add_argument("--threads", type=int, default=1)

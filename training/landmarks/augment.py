@@ -47,10 +47,19 @@ def _compose(outer: np.ndarray, inner: np.ndarray) -> np.ndarray:
 
 
 def crop_for_training(
-    image: np.ndarray, points: np.ndarray, size: int, rng: np.random.Generator | None, cfg: AugmentConfig
+    image: np.ndarray,
+    points: np.ndarray,
+    size: int,
+    rng: np.random.Generator | None,
+    cfg: AugmentConfig,
+    box: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(crop uint8 (size, size[, 3]), landmarks (L, 2) in crop pixels); ``rng=None``: no augmentation."""
-    box = landmark_crop_box(points)
+    """(crop uint8 (size, size[, 3]), landmarks (L, 2) in crop pixels); ``rng=None``: no augmentation.
+
+    ``box``: the square crop box before jitter (default: from the points by the test crop policy;
+    partially labelled faces pass the box of their whole face). Unlabelled points (NaN) stay NaN,
+    and the mirror moves them with their index."""
+    box = landmark_crop_box(points) if box is None else np.asarray(box, dtype=np.float64)
     if rng is None:
         m = crop_matrix(box, size)
         return cv2.warpAffine(image, m, (size, size), flags=cv2.INTER_LINEAR), apply_affine(points, m)

@@ -21,13 +21,15 @@ class LandmarkSample:
     """One face: its photo, 68 points in that photo's pixels, and how it is supervised.
 
     ``coarse_factor`` 1 = full targets (labelled faces, late STC rounds); f > 1 = only the
-    score map max-pooled by f (pseudo-labelled faces in early STC rounds).
+    score map max-pooled by f (pseudo-labelled faces in early STC rounds). Points that are NaN are
+    unlabelled (CFP's fiducials map to some of the 68): the loss leaves them out.
     """
 
     image_path: Path
     points: np.ndarray
     coarse_factor: int = 1
     name: str = ""
+    box: np.ndarray | None = None  # crop box (x0, y0, x1, y1) where the points do not give it (partial labels)
 
 
 def mean_face(samples: list[LandmarkSample], size: int) -> np.ndarray:
@@ -61,9 +63,12 @@ class LandmarkDataset(torch.utils.data.Dataset):
         s = self.samples[i]
         image = read_image_bgr(s.image_path)
         rng = None if self.augment is None else np.random.default_rng((self.seed, self.epoch, i))
-        crop, pts = crop_for_training(image, s.points, self.size, rng, self.augment or AugmentConfig())
-        t = make_targets(pts, self.neighbours, self.map_size, 32)
+        crop, pts = crop_for_training(image, s.points, self.size, rng, self.augment or AugmentConfig(), box=s.box)
+        mask = np.isfinite(pts).all(axis=1)
+        t = make_targets(np.where(mask[:, None], pts, 0.0), self.neighbours, self.map_size, 32)
         return {
+            "mask": torch.from_numpy(mask),
+            "nb_mask": torch.from_numpy(mask[:, None] & mask[self.neighbours]),
             "image": torch.from_numpy(preprocess([crop], self.meta)[0]),
             "cell": torch.from_numpy(t["cell"]),
             "off": torch.from_numpy(t["off"]),

@@ -129,6 +129,8 @@ def fit(
                 batch["coarse_factor"],
                 cfg.score_weight,
                 cfg.nb_weight,
+                mask=batch["mask"],
+                nb_mask=batch["nb_mask"],
             )
             opt.zero_grad()
             losses["total"].backward()
