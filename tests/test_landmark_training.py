@@ -149,8 +149,8 @@ def test_config_errors_name_the_key(tmp_path):
 # ------------------------------------------------------------------ CFP mode of the eval CLI
 
 
-def _tiny_cfp(real: Path, out: Path, people=(401, 402)) -> Path:
-    """A CFP-layout folder (links to real photos and fiducials) holding two fold-9 people."""
+def _tiny_cfp(real: Path, out: Path, people=(401, 402), fold: int = 9) -> Path:
+    """A CFP-layout folder (links to real photos and fiducials) holding two people of ``fold``."""
     for person in people:
         for view in ("frontal", "profile"):
             for kind, ext in (("Images", ".jpg"), ("Fiducials", ".txt")):
@@ -158,7 +158,7 @@ def _tiny_cfp(real: Path, out: Path, people=(401, 402)) -> Path:
                 dst = out / "Data" / kind / f"{person:03d}" / view / f"01{ext}"
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 dst.symlink_to(src)
-    split = out / "Protocol" / "Split" / "FP" / "09"
+    split = out / "Protocol" / "Split" / "FP" / f"{fold:02d}"
     split.mkdir(parents=True)
     (split / "same.txt").write_text("1,2\n")
     (split / "diff.txt").write_text("1,2\n")
@@ -201,3 +201,26 @@ def test_eval_cli_scores_cfp_photos_and_names_absent_folds(real_data, tmp_path):
         assert 0 < r["nme"] < 0.3, r  # a real error, on the scale of the fiducial box
     assert set(report["frontal"]["nme_by_group"]) == {"jaw", "brows", "nose", "eyes", "mouth"}
     assert "jaw" not in report["profile"]["nme_by_group"] or report["profile"]["nme_by_group"]["jaw"] > 0
+
+
+def test_cfp_fiducials_train_as_partial_labels(real_data, tmp_path):
+    """CFP photos join training with their mapped fiducials only: NaN elsewhere, masked in the
+    loss; cropped from the detector's box; fold 9 refused."""
+    from training.landmarks import train as tr
+    from training.landmarks.data import LandmarkDataset
+
+    with pytest.raises(ValueError, match="fold 9"):
+        replace(TINY, cfp_folds=(8, 9))
+    _tiny_cfp(real_subset(real_data, "cfp"), tmp_path / "data" / "cfp", people=(1, 2), fold=1)
+    cfg = replace(TINY, cfp_folds=(1,), batch_size=2, workers=0, threads=1)
+    samples = tr.cfp_fiducial_samples(cfg, tmp_path / "run", tmp_path / "data")
+    assert 2 <= len(samples) <= 4 and (tmp_path / "run" / "cfp_boxes.json").exists()
+    labelled = {s.name.split("/")[1]: int(np.isfinite(s.points).all(axis=1).sum()) for s in samples}
+    assert labelled.get("frontal", 30) == 30 and labelled.get("profile", 21) == 21
+    mf = np.mean([apply_affine(s.points, crop_matrix(landmark_crop_box(s.points), 64)) for s in samples], axis=0)
+    mf = np.where(np.isfinite(mf), mf, 32.0)
+    meta = landmark_meta(cfg, neighbour_table(mf, cfg.num_nb), mf)
+    item = LandmarkDataset(samples, meta, np.asarray(meta.extra["neighbours"]), cfg.augment)[0]
+    assert int(item["mask"].sum()) == labelled[samples[0].name.split("/")[1]]
+    assert torch.isfinite(item["off"]).all() and torch.isfinite(item["nb_off"]).all()
+    assert (item["nb_mask"].any(dim=1) <= item["mask"]).all()

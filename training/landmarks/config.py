@@ -45,8 +45,15 @@ class LandmarkTrainConfig:
     workers: int = 1
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     stc: StcConfig = field(default_factory=StcConfig)
+    # Partial labels from CFP's hand-marked fiducials (edge.datasets.cfp_fiducials) on these
+    # protocol folds, frontal and profile, beside 300-W's full labels; cropped from BlazeFace
+    # boxes by the device's crop policy. Fold 9 is the test fold and is refused.
+    cfp_folds: tuple[int, ...] = ()
+    cfp_min_detection_score: float = 0.6
 
     def __post_init__(self) -> None:
+        if 9 in self.cfp_folds:
+            raise ValueError("cfp_folds: CFP fold 9 is the test fold and is never trained on")
         if self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32 (the stride), got {self.input_size}")
         if list(self.milestones) != sorted(self.milestones):

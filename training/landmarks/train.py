@@ -201,16 +201,43 @@ def prepare_run(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None):
         meta = landmark_meta(cfg, neighbour_table(mf, cfg.num_nb), mf)
         write_json(meta_path, meta.to_dict())
     write_json(run_dir / "config.json", to_dict(cfg))
+    cfp = cfp_fiducial_samples(cfg, run_dir, data_root)
     write_json(
         run_dir / "split.json",
         {
             "rule": f"split_300w(val_fraction={cfg.val_fraction}, seed={cfg.split_seed}), by photo id",
             "train": len(train),
             "val": len(val),
+            "cfp_partial": {"folds": list(cfg.cfp_folds), "faces": len(cfp)},
             "val_faces": [s.name for s in val],
         },
     )
-    return train, val, meta
+    return train + cfp, val, meta
+
+
+def cfp_fiducial_samples(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None) -> list[LandmarkSample]:
+    """CFP photos of ``cfg.cfp_folds`` with their fiducials in the 68 scheme (NaN where none maps),
+    each cropped from its best BlazeFace box through the device's crop policy (boxes cached in
+    the run folder); photos without a detection are left out."""
+    if not cfg.cfp_folds:
+        return []
+    from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
+    from edge.datasets.cfp_fiducials import fiducials_to_ibug68
+    from training.landmarks.stc import detect_crop_boxes
+
+    run_dir.mkdir(parents=True, exist_ok=True)
+    ids = [i for f in cfg.cfp_folds for i in fold_identities(f)]
+    photos = cfp_photos(None if data_root is None else Path(data_root) / "cfp", identities=ids)
+    boxes = detect_crop_boxes([p.image_path for p in photos], run_dir / "cfp_boxes.json", cfg.cfp_min_detection_score)
+    samples = []
+    for photo in photos:
+        box = boxes.get(str(photo.image_path))
+        if not box:
+            continue
+        points, _ = fiducials_to_ibug68(read_fiducials(photo.fiducials_path), photo.view)
+        name = f"cfp:{photo.identity:03d}/{photo.view}/{photo.number:02d}"
+        samples.append(LandmarkSample(photo.image_path, points.astype(np.float64), 1, name, np.asarray(box)))
+    return samples
 
 
 def train_supervised(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None) -> dict:
