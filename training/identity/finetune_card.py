@@ -214,7 +214,8 @@ def write_finetune_card(
     hours = sum(r.get("seconds", 0.0) for r in rows) / 3600
     reports = {name: json.loads(Path(p).read_text()) for name, p in evals.items()}
     # the metadata holds this file's own numbers (not a variant's, nor another flip setting's)
-    own = {k: v for k, v in reports.items() if "flip" not in k and Path(v.get("model", "")).resolve() == model.resolve()}
+    mine = model.resolve()
+    own = {k: v for k, v in reports.items() if "flip" not in k and Path(v.get("model", "")).resolve() == mine}
     record_accuracy(model, own)
     meta = load_meta(model.with_suffix(".json"))
     pre = meta.extra.get("pretrained", {})
