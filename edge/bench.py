@@ -92,25 +92,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def _variant_key(path: Path) -> tuple[str, str]:
-    """(format, precision tag) of a model file: pipnet_light.onnx -> (onnx, fp32),
-    pipnet_light.int8.onnx -> (onnx, int8)."""
-    parts = path.name.split(".")
-    return path.suffix[1:], parts[1] if len(parts) > 2 else "fp32"
-
-
 def pipeline_variants() -> list[tuple[str, Path, Path]]:
-    """(label, landmark model, identity model) pairs of the same format and precision."""
-    found: dict[str, dict] = {}
-    for p in shipped_models():
-        task = p.parent.name
-        if task in ("landmarks", "identity"):
-            found.setdefault(task, {})[_variant_key(p)] = p
+    """(label, landmark model, identity model) pairs of the same format and precision: the
+    shipped default models' variants (``edge.shipped``), named as ``variant_path`` names them."""
+    from edge.runtime.meta import FORMATS, PRECISIONS, variant_path
+    from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
+
     pairs = []
-    for key, lm in sorted(found.get("landmarks", {}).items()):
-        ident = found.get("identity", {}).get(key)
-        if ident is not None:
-            pairs.append((f"{key[0]} {key[1]}", lm, ident))
+    for fmt in FORMATS:
+        for precision in PRECISIONS:
+            try:
+                lm, ident = (variant_path(m, fmt, precision) for m in (SHIPPED_LANDMARKS, SHIPPED_IDENTITY))
+            except ValueError:  # a combination no variant is made in
+                continue
+            if all(p.exists() and p.with_suffix(".json").exists() for p in (lm, ident)):
+                pairs.append((f"{fmt} {precision}", lm, ident))
     return pairs
 
 

@@ -32,3 +32,20 @@ def test_bench_without_models_fails_clearly(tmp_path, monkeypatch):
 
     monkeypatch.setattr(bench, "MODELS_DIR", tmp_path)
     assert bench.main([]) == 2
+
+
+def test_pipeline_pairs_the_shipped_defaults_variants_by_their_names():
+    """Each row of `edge.bench --pipeline` runs the landmark and identity files its label names
+    (the default models' variants, not the other identity model beside them)."""
+    from edge.bench import pipeline_variants
+    from edge.runtime.meta import load_meta
+    from edge.shipped import SHIPPED_IDENTITY
+
+    pairs = {label: (lm, ident) for label, lm, ident in pipeline_variants()}
+    assert {"onnx fp32", "onnx int8", "tflite int8"} <= set(pairs)
+    for label, files in pairs.items():
+        fmt, precision = label.split()
+        for path in files:
+            meta = load_meta(path.with_suffix(".json"))
+            assert (meta.format, meta.precision) == (fmt, precision), (label, path.name)
+        assert files[1].name.startswith(SHIPPED_IDENTITY.stem)
