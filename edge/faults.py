@@ -307,7 +307,9 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
         before_events = len(_events(events))
         before_reconnects = runner.source.health().get("reconnects", 0)
         camera.cut()
-        _wait(lambda: runner.source.health().get("state") == "reconnecting", 10)
+        # The source notices the cut once it has read what the stream had buffered; the camera
+        # sends 30 frames a second and a loaded CPU processes fewer, so that backlog can take a while.
+        _wait(lambda: runner.source.health().get("state") == "reconnecting", 60)
         time.sleep(outage_s)
         reconnecting = runner.source.health().get("state") == "reconnecting"
         camera.restore()
@@ -326,6 +328,12 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
         tracks_kept += kept_tracks
         if reconnecting and resumed and events_resumed and kept_tracks and thread.is_alive():
             out.survived += 1
+        else:  # which check failed, for the table
+            out.detail.setdefault("failed_checks", []).append(
+                [name for name, ok in (("reconnecting", reconnecting), ("resumed", resumed),
+                                       ("events_resumed", events_resumed), ("tracks_kept", kept_tracks),
+                                       ("alive", thread.is_alive())) if not ok]
+            )  # fmt: skip
         outages.append(runner.source.health().get("outage_seconds"))
     runner._publish()
     snap = runner.snapshot()
@@ -334,6 +342,7 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
     camera.cut()
     out.gallery_records_lost = max(0, identities - runner.gallery.identities)
     out.detail = {
+        **out.detail,
         "reconnects": snap["source"].get("reconnects"),
         "outage_seconds_reported": snap["source"].get("outage_seconds"),
         "tracker_kept_across_cuts": tracks_kept,
@@ -583,7 +592,9 @@ import sys
 from edge.sinks import JsonLinesFileSink
 from edge.faults import sample_event
 sink = JsonLinesFileSink(sys.argv[1])
-k = 0
+sink.emit(sample_event(0))
+print("writing", flush=True)
+k = 1
 while True:
     sink.emit(sample_event(k))
     k += 1
@@ -607,7 +618,9 @@ def fault_kill_event_writing(work: Path, times: int) -> Outcome:
     total = 0
     for _ in range(times):
         out.injected += 1
-        _kill_at_random([sys.executable, "-c", _JSONL_CHILD, str(path)], None, 0.5, 1.0)
+        # killed while it writes: timed from its first line, not from start-up (a loaded machine
+        # can take longer than the kill delay just to import the child's modules)
+        _kill_at_random([sys.executable, "-c", _JSONL_CHILD, str(path)], "writing", 0.0, 0.5)
         text = path.read_text()
         lines = text.splitlines()
         try:
