@@ -621,6 +621,12 @@ def fault_kill_event_writing(work: Path, times: int) -> Outcome:
         # killed while it writes: timed from its first line, not from start-up (a loaded machine
         # can take longer than the kill delay just to import the child's modules)
         _kill_at_random([sys.executable, "-c", _JSONL_CHILD, str(path)], "writing", 0.0, 0.5)
+        # the service starting again opens the file: a line the kill cut short is dropped there
+        from edge.sinks import JsonLinesFileSink
+
+        reopened = JsonLinesFileSink(path)
+        reopened.close()
+        out.detail["torn_lines_dropped"] = out.detail.get("torn_lines_dropped", 0) + bool(reopened.torn_bytes_dropped)
         text = path.read_text()
         lines = text.splitlines()
         try:

@@ -285,6 +285,25 @@ def test_jsonl_file_sink_appends_with_fsync_and_reports_a_bad_path(tmp_path):
         JsonLinesFileSink(tmp_path / "missing" / "e.jsonl")
 
 
+@pytest.mark.parametrize("tail", [b"", b'{"schema":"poseface.ev', b"x" * 70000])
+def test_jsonl_file_sink_cuts_off_a_line_a_killed_writer_left_half_written(tmp_path, tail, caplog):
+    """SIGKILL inside the write can leave the start of a line: reopening cuts it off, keeps every
+    whole line before it, and the next event starts on a line of its own."""
+    path = tmp_path / "e.jsonl"
+    whole = b'{"first": 1}\n{"second": 2}\n'
+    path.write_bytes(whole + tail)
+    with JsonLinesFileSink(path) as sink:
+        assert sink.torn_bytes_dropped == len(tail)
+        sink.emit(sample_events()[0])
+    lines = path.read_bytes().split(b"\n")
+    assert lines[:2] == [b'{"first": 1}', b'{"second": 2}'] and lines[3] == b""
+    assert event_from_json(lines[2].decode()) == sample_events()[0]
+    assert ("cut off a partial last line" in caplog.text) == bool(tail)
+    path.write_bytes(b"no newline at all")  # one torn line and nothing else: the file empties
+    JsonLinesFileSink(path).close()
+    assert path.read_bytes() == b""
+
+
 # ----------------------------------------------------------------------------- queued sinks
 
 
