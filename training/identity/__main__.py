@@ -178,6 +178,7 @@ def cmd_finetune_card(args) -> int:
         Path(args.bench) if args.bench else None,
         Path(args.demo) if args.demo else None,
         args.recipe,
+        Path(args.student_run) if args.student_run else None,
     )
     print(f"wrote {out}")
     return 0
@@ -282,6 +283,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval", action="append", default=[], help="NAME=JSON of the eval command (repeat)")
     p.add_argument("--ablation", default=None, help="folder written by the report command")
     p.add_argument("--student-eval", default=None, help="eval JSON of the distilled student")
+    p.add_argument("--student-run", default=None, help="the student's training run folder (its budget)")
     p.add_argument("--bench", default=None, help="python -m edge.bench JSON timing this model beside the old one")
     p.add_argument("--demo", default=None, help="people_demo.json of python -m edge.demo_people with this model")
     p.add_argument("--recipe", default=None, help="the recipe TOML the run was trained with (named in the card)")

@@ -103,8 +103,8 @@ def choice_section(ablation: Path | None) -> list[str]:
     ]
 
 
-def student_section(student: dict, teacher: dict | None) -> list[str]:
-    """The distilled student beside its teacher, on the same fold and boxes."""
+def student_section(student: dict, teacher: dict | None, run: Path | None = None) -> list[str]:
+    """The distilled student beside its teacher, on the same fold and boxes (and its run's budget)."""
     lines = [
         "## The device-sized student",
         "",
@@ -127,9 +127,25 @@ def student_section(student: dict, teacher: dict | None) -> list[str]:
             f"The student lands {100 * (teacher['FF']['accuracy'] - student['FF']['accuracy']):.1f} points (FF) and "
             f"{100 * (teacher['FP']['accuracy'] - student['FP']['accuracy']):.1f} points (FP) below its teacher.",
         ]
+    if student["FF"]["accuracy"] < SHIP_MINIMUM["FF"] or student["FP"]["accuracy"] < SHIP_MINIMUM["FP"]:
+        lines += [
+            "",
+            f"Below the minimum to ship (FF {_pct(SHIP_MINIMUM['FF'])}, FP {_pct(SHIP_MINIMUM['FP'])}): not shipped.",
+        ]
+    rows = _rows(run) if run is not None else []
+    if rows:
+        cfg = json.loads((run / "config.json").read_text()) if (run / "config.json").exists() else {}
+        lines += [
+            "",
+            f"Its run: {rows[-1]['epoch']} epochs of {cfg.get('epochs', '?')} planned, "
+            f"{sum(r.get('seconds', 0.0) for r in rows) / 3600:.2f} h on this CPU; distillation loss "
+            f"(1 - cosine to the teacher's embedding of the same view) {rows[0].get('loss_distill', float('nan')):.3f} "
+            f"after the first epoch, {rows[-1].get('loss_distill', float('nan')):.3f} after the last.",
+        ]
     return lines + [""]
 
 
+SHIP_MINIMUM = {"FF": 0.99, "FP": 0.91}  # issue 17's minimum for a default identity model (CFP fold 9)
 DEMO_BARS = {"frontal": 0.95, "profile": 0.80, "strangers": 0.01}  # issue 17's bar for make demo
 
 
@@ -208,6 +224,7 @@ def write_finetune_card(
     bench: Path | None = None,
     demo: Path | None = None,
     recipe: Path | None = None,
+    student_run: Path | None = None,
 ) -> Path:
     cfg = json.loads((run / "config.json").read_text())
     rows = _rows(run)
@@ -297,7 +314,7 @@ def write_finetune_card(
     if student_eval is not None and Path(student_eval).exists():
         student = json.loads(Path(student_eval).read_text())
         same = [r for r in reports.values() if r.get("boxes") == student.get("boxes")]
-        parts += student_section(student, same[0] if same else None)
+        parts += student_section(student, same[0] if same else None, student_run)
     parts += thresholds_section(meta)
     if bench_data is not None:
         parts += ["## Latency per face, beside the model it replaces", *_bench_lines(bench_data), ""]
