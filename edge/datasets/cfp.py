@@ -225,6 +225,12 @@ def available_folds(root: os.PathLike | str | None = None, protocol: str = "FP")
     )
 
 
+def absent_folds(root: os.PathLike | str | None, folds: Iterable[int], protocols: Iterable[str] = ("FP",)) -> list[int]:
+    """Those of ``folds`` that are not on disk for every one of ``protocols``, in the order given."""
+    have = set.intersection(*(set(available_folds(root, p)) for p in protocols))
+    return [f for f in folds if f not in have]
+
+
 def fold_pairs(
     root: os.PathLike | str | None, protocol: str, fold: int
 ) -> list[tuple[Path, Path, bool]]:

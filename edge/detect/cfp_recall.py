@@ -28,6 +28,7 @@ import numpy as np
 
 from edge.datasets.cfp import (
     VIEWS,
+    absent_folds,
     available_folds,
     cfp_photos,
     cfp_root,
@@ -153,10 +154,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         folds = parse_folds(args.folds)
         root = cfp_root(args.root if args.root is not None else data_root() / "cfp")
-        present = available_folds(root)
-        absent = [f for f in folds if f not in present]
+        absent = absent_folds(root, folds)
         if absent:
-            raise ValueError(f"--folds: fold(s) {absent} are not in {root} (present: {present})")
+            raise ValueError(f"--folds: fold(s) {absent} are not in {root} (present: {available_folds(root)})")
         if not 0 < args.iou <= 1:
             raise ValueError(f"--iou: expected a value in (0, 1], got {args.iou}")
         if args.every < 1:

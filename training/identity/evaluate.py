@@ -264,10 +264,9 @@ def photo_table(root, folds: Sequence[int], landmarker, boxes: str, embedder, pr
 
 
 def check_folds(root, folds: Sequence[int]) -> None:
-    from edge.datasets.cfp import available_folds
+    from edge.datasets.cfp import absent_folds
 
-    have = set(available_folds(root, "FP")) & set(available_folds(root, "FF"))
-    absent = [f for f in folds if f not in have]
+    absent = absent_folds(root, folds, ("FP", "FF"))
     if absent:
         raise ValueError(
             f"CFP root {root}: fold(s) {', '.join(map(str, absent))} not found under Protocol/Split/FF and FP"

@@ -69,7 +69,7 @@ def cmd_eval(args) -> int:
 
 
 def _eval_cfp(args) -> int:
-    from edge.datasets.cfp import available_folds, parse_folds
+    from edge.datasets.cfp import absent_folds, parse_folds
     from training.landmarks.cfp_eval import cfp_landmark_errors
     from training.landmarks.evalcli import load_landmarker
 
@@ -81,7 +81,7 @@ def _eval_cfp(args) -> int:
     except ValueError as err:
         print(f"--folds: {err}", file=sys.stderr)
         return 2
-    missing = sorted(set(folds) - set(available_folds(args.cfp_root)))
+    missing = sorted(set(absent_folds(args.cfp_root, folds)))
     if missing:
         print(
             f"{args.cfp_root}: fold(s) {', '.join(map(str, missing))} not found in its Protocol/Split", file=sys.stderr
