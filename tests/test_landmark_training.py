@@ -127,6 +127,8 @@ def test_shipped_recipes_load(path):
     from training.config import load_toml
 
     cfg = load_toml(LandmarkTrainConfig, path)
+    if not cfg.stc.rounds:  # a supervised-only recipe
+        return
     assert len(cfg.stc.coarse_sizes) == cfg.stc.rounds
     assert all(c == 0 or cfg.map_size % c == 0 for c in cfg.stc.coarse_sizes)
 
@@ -224,3 +226,97 @@ def test_cfp_fiducials_train_as_partial_labels(real_data, tmp_path):
     assert int(item["mask"].sum()) == labelled[samples[0].name.split("/")[1]]
     assert torch.isfinite(item["off"]).all() and torch.isfinite(item["nb_off"]).all()
     assert (item["nb_mask"].any(dim=1) <= item["mask"]).all()
+
+
+# ------------------------------------------------------------------ face-pretrained trunk, CFP draws, one pass
+
+
+def test_dlib_trunk_carries_dlibs_weights_and_its_map_size():
+    from training.nn.backbones import DLIB_NORMALISATION, build_backbone, feature_size
+    from training.nn.dlib_resnet import load_dlib_resnet
+
+    assert feature_size("dlib_resnet", {"levels": 4}, 192) == 5  # unpadded convs: 192 -> 5x5
+    assert feature_size("dlib_resnet", {"levels": 4}, 224) == 6
+    assert feature_size("mobilenetv2", {"width": 0.25, "last_channels": 0}, 192) == 6
+    opts = {"levels": 4, "pretrained": False}
+    cfg = LandmarkTrainConfig(backbone="dlib_resnet", backbone_options=opts, input_size=192)
+    assert cfg.map_size == 5 and cfg.stride == pytest.approx(38.4)
+    meta = landmark_meta(cfg, np.zeros((68, 10), int), np.zeros((68, 2)))
+    assert meta.extra["stride"] == pytest.approx(38.4)
+    assert tuple(meta.normalisation.mean) == DLIB_NORMALISATION[0] and tuple(meta.normalisation.std) == (256.0,) * 3
+    try:
+        dlib_net, _ = load_dlib_resnet()
+    except FileNotFoundError as err:
+        pytest.skip(str(err))
+    trunk = build_backbone("dlib_resnet", levels=4, pretrained=True).eval()
+    x = torch.randn(1, 3, 192, 192)
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(x), dlib_net.features(x, 4))  # the registry's init did not overwrite it
+        assert trunk(x).shape == (1, 256, 5, 5)
+    fresh = build_backbone("dlib_resnet", levels=4, pretrained=False)
+    assert not torch.equal(fresh.net.stem_conv.weight, trunk.net.stem_conv.weight)
+
+
+def test_each_epoch_draws_its_own_cfp_faces_with_the_profile_share():
+    from training.landmarks.data import LandmarkSample
+    from training.landmarks.train import epoch_indices
+
+    pts = np.zeros((68, 2))
+    samples = [LandmarkSample(Path(f"{i}.jpg"), pts, name=f"300w/{i}") for i in range(10)]
+    samples += [LandmarkSample(Path("f.jpg"), pts, name=f"cfp:{i:03d}/frontal/01") for i in range(50)]
+    samples += [LandmarkSample(Path("p.jpg"), pts, name=f"cfp:{i:03d}/profile/01") for i in range(20)]
+    cfg = replace(TINY, cfp_per_epoch=20, cfp_profile_share=0.5)
+    a, b = epoch_indices(cfg, samples, 0), epoch_indices(cfg, samples, 1)
+    assert a[:10] == list(range(10)) and len(a) == 30 and len(set(a)) == 30
+    assert sum("/profile/" in samples[i].name for i in a) == 10
+    assert a != b  # drawn afresh
+    assert epoch_indices(cfg, samples, 0) == a  # and reproducibly
+    assert len(epoch_indices(replace(cfg, cfp_per_epoch=0), samples, 0)) == 80
+    with pytest.raises(ValueError, match="cfp_profile_share"):
+        replace(TINY, cfp_profile_share=1.5)
+
+
+def test_init_from_starts_at_a_checkpoints_weights_and_names_a_mismatch(tmp_path, real_data):
+    from training.landmarks import train as tr
+
+    if not (real_data / "300w").is_dir():
+        pytest.skip("300w absent")
+    ckpt = _tiny_checkpoint(tmp_path)
+    start = torch.load(ckpt, weights_only=False)["model"]
+    cfg = replace(TINY, init_from=str(ckpt), lr=1e-12, backbone_lr_scale=0.0, batch_size=8, workers=0, threads=1)
+    samples, val = tr.labelled_300w(cfg, real_data / "300w")
+    meta = landmark_meta(cfg, neighbour_table(np.random.default_rng(0).uniform(5, 60, (68, 2)), 10), np.zeros((68, 2)))
+    tr.fit(cfg, meta, samples[:8], val[:4], tmp_path / "stage", 1, (1,))
+    after = torch.load(tmp_path / "stage" / "last.pt", weights_only=False)["model"]
+    trunk = [k for k in start if k.startswith("backbone.") and start[k].dtype.is_floating_point and "running" not in k]
+    assert all(torch.allclose(start[k], after[k]) for k in trunk)  # lr 0 on the trunk: still the checkpoint's
+    other = replace(cfg, backbone_options={"width": 0.5, "last_channels": 0})
+    with pytest.raises(ValueError, match="init_from .*not a checkpoint of this architecture"):
+        tr.fit(other, meta, samples[:8], val[:4], tmp_path / "other", 1, (1,))
+
+
+def test_eval_cli_runs_the_device_chain_from_detector_boxes(real_data, tmp_path):
+    import subprocess
+    import sys
+
+    w300 = real_subset(real_data, "300w")
+    folder = tmp_path / "faces"
+    folder.mkdir()
+    for pts in sorted((w300 / "train" / "helen").rglob("*.pts"))[:3] if (w300 / "train" / "helen").is_dir() else []:
+        for src in (pts, *[p for p in pts.parent.glob(pts.stem + ".*") if p.suffix != ".pts"]):
+            (folder / src.name).symlink_to(src)
+    if not any(folder.glob("*.pts")):
+        pytest.skip("no 300-W HELEN photos found")
+    repo = Path(__file__).resolve().parents[1]
+    model = repo / "edge" / "models" / "landmarks" / "pipnet_light.onnx"
+    reports = {}
+    for refine in (0, 1):
+        out = tmp_path / f"r{refine}.json"
+        cmd = [sys.executable, "-m", "training.landmarks", "eval", "--model", str(model), "--images", str(folder)]
+        subprocess.run(cmd + ["--boxes", "detector", "--refine", str(refine), "--json", str(out)], check=True,
+                       capture_output=True, cwd=repo)
+        reports[refine] = json.loads(out.read_text())
+    for refine, r in reports.items():
+        assert r["boxes"] == "detector" and r["refine"] == refine and r["count"] == 3
+        assert 0 < r["nme"] <= 1.0 and 0 <= r["no_face"] <= 3
+    assert reports[0]["nme"] != reports[1]["nme"]  # the re-crop changes the points

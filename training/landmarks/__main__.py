@@ -55,17 +55,34 @@ def cmd_eval(args) -> int:
         source = f"300-W {args.split} split (split_300w, val_fraction 0.2, seed 0)"
     landmarker = load_landmarker(args.model, args.threads)
     t0 = time.perf_counter()
-    preds = predict_faces(landmarker, [(p, landmark_crop_box(g)) for p, g in faces], lambda it: tqdm(it, desc="eval"))
+    extra: dict = {"boxes": args.boxes}
+    if args.boxes == "detector":
+        from training.landmarks.evalcli import predict_from_detector
+
+        refine = _refine(args)
+        preds, no_face = predict_from_detector(landmarker, faces, refine)
+        extra.update({"refine": refine, "no_face": no_face})
+    else:
+        preds = predict_faces(
+            landmarker, [(p, landmark_crop_box(g)) for p, g in faces], lambda it: tqdm(it, desc="eval")
+        )
     seconds = time.perf_counter() - t0
     gts = np.stack([g for _, g in faces])
     errors = nme(preds, gts)
+    errors[~np.isfinite(errors)] = 1.0  # a face the detector missed counts as a failure
     yaws = np.array([yaw_of(p, g) for p, g in faces])
-    report = {"model": str(args.model), "images": source, **score(errors, yaws)}
+    report = {"model": str(args.model), "images": source, **extra, **score(errors, yaws)}
     report["seconds_per_face"] = round(seconds / len(faces), 4)
     if args.ced:
         plot_ced({Path(args.model).name: errors}, args.ced)
     _write(report, args.json)
     return 0
+
+
+def _refine(args) -> int:
+    from edge.faces import DEVICE_REFINE
+
+    return args.refine if args.refine is not None else DEVICE_REFINE
 
 
 def _eval_cfp(args) -> int:
@@ -87,10 +104,8 @@ def _eval_cfp(args) -> int:
             f"{args.cfp_root}: fold(s) {', '.join(map(str, missing))} not found in its Protocol/Split", file=sys.stderr
         )
         return 2
-    from edge.faces import DEVICE_REFINE
-
     landmarker = load_landmarker(args.model, args.threads)
-    refine = args.refine if args.refine is not None else DEVICE_REFINE
+    refine = _refine(args)
     report = {
         "model": str(args.model),
         "cfp_root": str(args.cfp_root),
@@ -115,7 +130,12 @@ def cmd_posecheck(args) -> int:
     from training.landmarks.posecheck import pose_check
 
     landmarker = load_landmarker(args.model, args.threads)
-    report = {"model": str(args.model), **pose_check(landmarker, args.cfp_root, parse_folds(args.folds))}
+    refine = _refine(args)
+    report = {
+        "model": str(args.model),
+        "refine": refine,
+        **pose_check(landmarker, args.cfp_root, parse_folds(args.folds), refine=refine),
+    }
     _write(report, args.json)
     return 0
 
@@ -140,10 +160,17 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--folds", help="with --cfp-root: protocol folds to score, e.g. '9' or '1-8'")
     p.add_argument(
+        "--boxes",
+        choices=["landmarks", "detector"],
+        default="landmarks",
+        help="300-W modes: crop from the ground truth's landmark box (default), or through the device chain "
+        "from BlazeFace's box (the detection that overlaps the labelled face most; none: counted, error 1.0)",
+    )
+    p.add_argument(
         "--refine",
         type=int,
         default=None,
-        help="with --cfp-root: re-crops from the predicted points (default: the device's)",
+        help="with --cfp-root or --boxes detector: re-crops from the predicted points (default: the device's)",
     )
     p.add_argument("--json", type=Path, help="write the report here too")
     p.add_argument("--ced", type=Path, help="write a CED plot (PNG) here")
@@ -161,6 +188,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, required=True)
     p.add_argument("--cfp-root", type=Path, default=None, help="CFP-layout folder (default: the data root's cfp/)")
     p.add_argument("--folds", default="1-9")
+    p.add_argument(
+        "--refine", type=int, default=None, help="re-crops from the predicted points (default: the device's)"
+    )
     p.add_argument("--json", type=Path)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_posecheck)

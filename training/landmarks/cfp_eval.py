@@ -2,7 +2,7 @@
 
 CFP marks 30 points on the visible half of every face; :mod:`edge.datasets.cfp_fiducials` places
 them in the iBUG 68 scheme (all 30 on a frontal photo, 21 on a profile). Each photo goes through
-the device chain: BlazeFace (short range) -> the measured crop policy -> PIPNet, re-cropped
+the device chain: BlazeFace (short range), its largest face -> the measured crop policy -> PIPNet, re-cropped
 ``refine`` times from its own points. The error of a photo is the mean distance between the
 mapped fiducials and the predicted twins, divided by the diagonal of the box around all 30 of
 the photo's fiducials (the marked half of the face: on a frontal photo that box is about half a
@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
 from edge.datasets.cfp_fiducials import fiducials_to_ibug68
-from edge.faces import DEVICE_REFINE, face_landmarks
+from edge.faces import DEVICE_REFINE, face_landmarks, largest
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 
@@ -85,12 +85,11 @@ def cfp_landmark_errors(
         per_photo, per_point, no_face = [], [], 0
         for photo in tqdm(photos, disable=not progress, desc=f"CFP {view}", mininterval=5):
             image = read_image_bgr(photo.image_path)
-            dets = detector.detect(image)
-            if not dets:
+            det = largest(detector.detect(image))
+            if det is None:
                 no_face += 1
                 continue
-            best = max(dets, key=lambda d: d.score)
-            pred = face_landmarks(image, [BLAZEFACE_SHORT_CROP.crop_box(best.box)], landmarker, refine=refine)[0]
+            pred = face_landmarks(image, [BLAZEFACE_SHORT_CROP.crop_box(det.box)], landmarker, refine=refine)[0]
             err = photo_errors(pred, read_fiducials(photo.fiducials_path), view)
             per_point.append(err)
             per_photo.append(float(np.nanmean(err)))

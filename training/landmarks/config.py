@@ -50,15 +50,35 @@ class LandmarkTrainConfig:
     # boxes by the device's crop policy. Fold 9 is the test fold and is refused.
     cfp_folds: tuple[int, ...] = ()
     cfp_min_detection_score: float = 0.6
+    # CPU budget: each epoch draws this many of the CFP faces afresh (0 = all of them), with
+    # profiles at ``cfp_profile_share`` of the draw (0 = their natural share, 2 in 7).
+    cfp_per_epoch: int = 0
+    cfp_profile_share: float = 0.0
+    # Start from a trained checkpoint's weights (a landmark run's best.pt / a shipped .pt; same
+    # backbone) instead of a fresh initialisation; the schedule above then fine-tunes it.
+    init_from: str = ""
+    # The backbone's learning rate is lr x this (below 1: a pretrained trunk moves slower than the
+    # freshly initialised heads).
+    backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
         if 9 in self.cfp_folds:
             raise ValueError("cfp_folds: CFP fold 9 is the test fold and is never trained on")
-        if self.input_size % 32:
+        if self.backbone != "dlib_resnet" and self.input_size % 32:
             raise ValueError(f"input_size must be a multiple of 32 (the stride), got {self.input_size}")
+        if not 0.0 <= self.cfp_profile_share <= 1.0:
+            raise ValueError(f"cfp_profile_share must be in [0, 1], got {self.cfp_profile_share}")
         if list(self.milestones) != sorted(self.milestones):
             raise ValueError(f"milestones must be increasing, got {self.milestones}")
 
     @property
     def map_size(self) -> int:
-        return self.input_size // 32
+        """Side of the score map (input/32 for padded backbones; dlib's unpadded trunk: smaller)."""
+        from training.nn.backbones import feature_size
+
+        return feature_size(self.backbone, dict(self.backbone_options), self.input_size)
+
+    @property
+    def stride(self) -> float:
+        """Input pixels per map cell."""
+        return self.input_size / self.map_size

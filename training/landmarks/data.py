@@ -54,7 +54,9 @@ class LandmarkDataset(torch.utils.data.Dataset):
         self.seed = seed
         self.epoch = 0
         self.size = meta.input_size[0]
-        self.map_size = (self.size // 32, self.size // 32)
+        side = round(self.size / float(meta.extra["stride"]))
+        self.map_size = (side, side)
+        self.stride = float(meta.extra["stride"])
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -65,7 +67,7 @@ class LandmarkDataset(torch.utils.data.Dataset):
         rng = None if self.augment is None else np.random.default_rng((self.seed, self.epoch, i))
         crop, pts = crop_for_training(image, s.points, self.size, rng, self.augment or AugmentConfig(), box=s.box)
         mask = np.isfinite(pts).all(axis=1)
-        t = make_targets(np.where(mask[:, None], pts, 0.0), self.neighbours, self.map_size, 32)
+        t = make_targets(np.where(mask[:, None], pts, 0.0), self.neighbours, self.map_size, self.stride)
         return {
             "mask": torch.from_numpy(mask),
             "nb_mask": torch.from_numpy(mask[:, None] & mask[self.neighbours]),

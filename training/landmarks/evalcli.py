@@ -89,3 +89,44 @@ def split_faces(part: str, root=None) -> list[tuple[Path, np.ndarray]]:
 
     train, val = split_300w(list_300w(root))
     return [(face.image_path, load_landmarks(face)) for face in {"train": train, "val": val}[part]]
+
+
+def _iou(a: np.ndarray, b: np.ndarray) -> float:
+    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = w * h
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return float(inter / union) if union > 0 else 0.0
+
+
+# A detection is the labelled face when its crop box overlaps the ground truth's landmark crop box
+# at least this much (both boxes drawn by the same crop policy, so a hit overlaps far more).
+MATCH_IOU = 0.3
+
+
+def predict_from_detector(
+    landmarker: Landmarker, faces: list[tuple[Path, np.ndarray]], refine: int, detector=None, progress: bool = True
+) -> tuple[np.ndarray, int]:
+    """The device chain on labelled faces: BlazeFace (short range) -> the measured crop policy ->
+    PIPNet re-cropped ``refine`` times. Returns (N, 68, 2) points (NaN where no detection
+    overlaps the labelled face) and how many faces had none."""
+    from tqdm import tqdm
+
+    from edge.detect import build_detector
+    from edge.faces import face_landmarks
+    from edge.landmarks.crop import BLAZEFACE_SHORT_CROP, landmark_crop_box
+
+    detector = detector or build_detector({"type": "blazeface", "range": "short"})
+    preds, missed = [], 0
+    for path, gt in tqdm(faces, disable=not progress, desc="eval (detector boxes)", mininterval=5):
+        image = read_image_bgr(path)
+        target = landmark_crop_box(gt)
+        boxes = [BLAZEFACE_SHORT_CROP.crop_box(d.box) for d in detector.detect(image)]
+        overlaps = [_iou(b, target) for b in boxes]
+        if not boxes or max(overlaps) < MATCH_IOU:
+            missed += 1
+            preds.append(np.full((68, 2), np.nan))
+            continue
+        box = boxes[int(np.argmax(overlaps))]
+        preds.append(face_landmarks(image, [box], landmarker, refine=refine)[0])
+    return np.stack(preds), missed

@@ -17,6 +17,9 @@ IMAGENET = Normalisation(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.
 def landmark_meta(
     cfg: LandmarkTrainConfig, neighbours: np.ndarray, mean_face: np.ndarray, name: str = "pipnet"
 ) -> ModelMeta:
+    from training.nn.backbones import INPUT_NORMALISATION
+
+    norm = INPUT_NORMALISATION.get(cfg.backbone)
     return ModelMeta(
         name=name,
         version="0.1.0",
@@ -26,7 +29,7 @@ def landmark_meta(
         input_size=(cfg.input_size, cfg.input_size),
         input_layout="NCHW",
         color_order="RGB",
-        normalisation=IMAGENET,
+        normalisation=IMAGENET if norm is None else Normalisation(mean=norm[0], std=norm[1]),
         input_name="image",
         output_names=HEAD_NAMES,
         landmark_scheme="ibug68",
@@ -34,7 +37,7 @@ def landmark_meta(
             "architecture": "pipnet",
             "backbone": cfg.backbone,
             "backbone_options": dict(cfg.backbone_options),
-            "stride": 32,
+            "stride": cfg.stride,
             "num_nb": cfg.num_nb,
             "neighbours": np.asarray(neighbours).tolist(),
             "mean_face": np.round(np.asarray(mean_face), 3).tolist(),

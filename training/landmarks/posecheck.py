@@ -1,7 +1,8 @@
 """Pose check on real CFP photos: does yaw from our landmarks separate frontal from profile?
 
-The device chain exactly: BlazeFace (short range) -> detector crop policy -> PIPNet ->
-numpy decoder -> shared head pose. Reports the share of frontal photos with |yaw| <= 20
+The device chain exactly: BlazeFace (short range), its largest face -> detector crop policy ->
+PIPNet (re-cropped ``refine`` times from its own points, as the device does) -> numpy decoder ->
+shared head pose. Reports the share of frontal photos with |yaw| <= 20
 degrees and of profile photos with |yaw| >= 45 degrees, the |yaw| distribution of each, and
 the photos with no face found (counted as failures of the check).
 """
@@ -13,6 +14,7 @@ from tqdm import tqdm
 
 from edge.datasets.cfp import cfp_photos, fold_identities
 from edge.detect.registry import build_detector
+from edge.faces import DEVICE_REFINE, face_landmarks, largest
 from edge.geometry.headpose import head_pose
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
@@ -22,28 +24,30 @@ FRONTAL_MAX_YAW = 20.0
 PROFILE_MIN_YAW = 45.0
 
 
-def photo_yaws(landmarker: Landmarker, photos, detector=None, progress: bool = True) -> list[float | None]:
-    """|yaw| in degrees per photo from the device chain; None where no face was found."""
+def photo_yaws(
+    landmarker: Landmarker, photos, detector=None, progress: bool = True, refine: int = DEVICE_REFINE
+) -> list[float | None]:
+    """|yaw| in degrees per photo from the device chain (its largest face, ``refine`` re-crops);
+    None where no face was found."""
     detector = detector or build_detector({"type": "blazeface", "range": "short"})
     out: list[float | None] = []
     for photo in tqdm(photos, disable=not progress, desc="pose check", mininterval=5):
         image = read_image_bgr(photo.image_path)
-        dets = detector.detect(image)
-        if not dets:
+        det = largest(detector.detect(image))
+        if det is None:
             out.append(None)
             continue
-        box = BLAZEFACE_SHORT_CROP.crop_box(dets[0].box)
-        pts = landmarker.predict(image, [box])[0]
+        pts = face_landmarks(image, [BLAZEFACE_SHORT_CROP.crop_box(det.box)], landmarker, refine=refine)[0]
         out.append(abs(head_pose(pts, (image.shape[1], image.shape[0])).yaw))
     return out
 
 
-def pose_check(landmarker: Landmarker, cfp_root, folds, progress: bool = True) -> dict:
+def pose_check(landmarker: Landmarker, cfp_root, folds, progress: bool = True, refine: int = DEVICE_REFINE) -> dict:
     ids = [i for f in folds for i in fold_identities(f)]
     report: dict = {"folds": list(folds)}
     for view in ("frontal", "profile"):
         photos = cfp_photos(cfp_root, identities=ids, views=(view,))
-        yaws = photo_yaws(landmarker, photos, progress=progress)
+        yaws = photo_yaws(landmarker, photos, progress=progress, refine=refine)
         found = np.array([y for y in yaws if y is not None])
         ok = (found <= FRONTAL_MAX_YAW) if view == "frontal" else (found >= PROFILE_MIN_YAW)
         key = f"share_abs_yaw_le_{FRONTAL_MAX_YAW:g}" if view == "frontal" else f"share_abs_yaw_ge_{PROFILE_MIN_YAW:g}"

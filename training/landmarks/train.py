@@ -87,7 +87,18 @@ def fit(
     torch.set_num_threads(cfg.threads)
     neighbours = np.asarray(meta.extra["neighbours"])
     model = build_model(cfg)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    if cfg.init_from:
+        init = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+        try:
+            model.load_state_dict(init["model"])
+        except (KeyError, RuntimeError) as err:
+            raise ValueError(f"init_from {cfg.init_from}: not a checkpoint of this architecture ({err})") from None
+    trunk = list(model.backbone.parameters())
+    trunk_ids = {id(p) for p in trunk}
+    heads = [p for p in model.parameters() if id(p) not in trunk_ids]
+    opt = torch.optim.Adam(
+        [{"params": trunk, "lr": cfg.lr * cfg.backbone_lr_scale}, {"params": heads, "lr": cfg.lr}], lr=cfg.lr
+    )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=cfg.gamma)
     start, best = 0, {"nme": float("inf")}
     last = stage_dir / "last.pt"
@@ -104,7 +115,7 @@ def fit(
         dataset.epoch = epoch
         gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
         loader = torch.utils.data.DataLoader(
-            dataset,
+            torch.utils.data.Subset(dataset, epoch_indices(cfg, train_samples, epoch)),
             batch_size=cfg.batch_size,
             shuffle=True,
             drop_last=True,
@@ -143,7 +154,8 @@ def fit(
         scores = summarise(errors).as_dict()
         row = {
             "epoch": epoch + 1,
-            "lr": opt.param_groups[0]["lr"],
+            "lr": opt.param_groups[-1]["lr"],
+            "faces": len(loader) * cfg.batch_size,
             "seconds": round(time.time() - t0, 1),
             **{f"loss_{k}": v / max(1, len(loader)) for k, v in sums.items()},
             **{f"val_{k}": v for k, v in scores.items()},
@@ -161,6 +173,24 @@ def fit(
         )
     plot_curves(log_path, stage_dir / "curves.png")
     return best
+
+
+def epoch_indices(cfg: LandmarkTrainConfig, samples: list[LandmarkSample], epoch: int) -> list[int]:
+    """The faces one epoch trains on: every non-CFP face, plus ``cfg.cfp_per_epoch`` CFP faces
+    drawn afresh each epoch (all of them when 0), profiles at ``cfg.cfp_profile_share``."""
+    cfp = [i for i, s in enumerate(samples) if s.name.startswith("cfp:")]
+    rest = [i for i, s in enumerate(samples) if not s.name.startswith("cfp:")]
+    if not cfg.cfp_per_epoch or cfg.cfp_per_epoch >= len(cfp):
+        return rest + cfp
+    rng = np.random.default_rng((cfg.seed, 7, epoch))
+    if not cfg.cfp_profile_share:
+        return rest + sorted(rng.choice(cfp, cfg.cfp_per_epoch, replace=False).tolist())
+    prof = [i for i in cfp if "/profile/" in samples[i].name]
+    front = [i for i in cfp if "/profile/" not in samples[i].name]
+    n_prof = min(len(prof), round(cfg.cfp_per_epoch * cfg.cfp_profile_share))
+    n_front = min(len(front), cfg.cfp_per_epoch - n_prof)
+    picked = rng.choice(prof, n_prof, replace=False).tolist() + rng.choice(front, n_front, replace=False).tolist()
+    return rest + sorted(picked)
 
 
 def plot_curves(log_path: Path, out: Path) -> None:

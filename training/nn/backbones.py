@@ -7,6 +7,7 @@ function plus one line in ``BACKBONES``.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -121,11 +122,49 @@ def _init_weights(module: nn.Module) -> nn.Module:
     return module
 
 
+class DlibLandmarkTrunk(nn.Module):
+    """The first ``levels`` levels of dlib's face-recognition ResNet (:mod:`training.nn.dlib_resnet`;
+    4 = stride 32, its last level dropped) as a feature extractor: a trunk that learned faces from
+    about 3 million photos. ``pretrained`` copies dlib's weights from the installed file (after the
+    registry's random initialisation). dlib's convs do not pad the stem or the down blocks, so
+    the map is smaller than input/32 (192 -> 5x5, 224 -> 6x6): :func:`feature_size` measures it.
+    Input: dlib's normalisation, RGB ``(pixel - mean) / 256`` (:data:`DLIB_NORMALISATION`)."""
+
+    def __init__(self, levels: int = 4, pretrained: bool = True):
+        super().__init__()
+        from training.nn.dlib_resnet import LEVELS, DlibResNet
+
+        if not 1 <= levels <= len(LEVELS):
+            raise ValueError(f"levels must be 1..{len(LEVELS)}, got {levels}")
+        net = DlibResNet()
+        del net.fc
+        net.levels = net.levels[:levels]
+        self.net, self.levels, self.pretrained = net, levels, pretrained
+        self.out_channels = LEVELS[levels - 1][0]
+
+    def load_pretrained(self) -> dict:
+        """Copy dlib's weights into the kept levels; returns the file's provenance."""
+        from training.nn.dlib_resnet import load_dlib_resnet
+
+        model, parsed = load_dlib_resnet()
+        own = self.net.state_dict()
+        self.net.load_state_dict({k: v for k, v in model.state_dict().items() if k in own})
+        return {"path": str(parsed.path), "sha256": parsed.sha256}
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net.features(x, self.levels)
+
+
 BACKBONES: dict[str, Callable[..., nn.Module]] = {
     "resnet18": lambda width=1.0: ResNet((2, 2, 2, 2), width),
     "resnet10": lambda width=1.0: ResNet((1, 1, 1, 1), width),
     "mobilenetv2": lambda width=1.0, last_channels=1280: MobileNetV2(width, last_channels),
+    "dlib_resnet": lambda levels=4, pretrained=True: DlibLandmarkTrunk(levels, pretrained),
 }
+# What each backbone wants at its input (mean, std per RGB channel on 0..255 pixels); absent: the
+# ImageNet statistics. dlib's network was trained on (pixel - mean) / 256.
+DLIB_NORMALISATION = ((122.782, 117.001, 104.298), (256.0, 256.0, 256.0))
+INPUT_NORMALISATION = {"dlib_resnet": DLIB_NORMALISATION}
 
 
 def build_backbone(name: str, **kwargs) -> nn.Module:
@@ -134,6 +173,26 @@ def build_backbone(name: str, **kwargs) -> nn.Module:
     except KeyError:
         raise ValueError(f"backbone: unknown name {name!r}; known: {', '.join(sorted(BACKBONES))}") from None
     try:
-        return _init_weights(ctor(**kwargs))
+        module = _init_weights(ctor(**kwargs))
     except TypeError as err:
         raise ValueError(f"backbone {name!r}: bad options {kwargs}: {err}") from None
+    if getattr(module, "pretrained", False):
+        module.load_pretrained()
+    return module
+
+
+@functools.lru_cache(maxsize=64)
+def _feature_size(name: str, options: tuple, input_size: int) -> int:
+    kwargs = dict(options)
+    if "pretrained" in kwargs:
+        kwargs["pretrained"] = False  # the size does not depend on the weights
+    with torch.no_grad():
+        out = BACKBONES[name](**kwargs).eval()(torch.zeros(1, 3, input_size, input_size))
+    return int(out.shape[-1])
+
+
+def feature_size(name: str, options: dict, input_size: int) -> int:
+    """Side of the backbone's output map for a square ``input_size`` input (measured once)."""
+    if name not in BACKBONES:
+        raise ValueError(f"backbone: unknown name {name!r}; known: {', '.join(sorted(BACKBONES))}")
+    return _feature_size(name, tuple(sorted(options.items())), input_size)
