@@ -119,14 +119,15 @@ class FaceModels:
 def embed_face(image: np.ndarray, models: FaceModels) -> list[FaceTemplate]:
     """Every face in ``image`` (uint8 BGR or gray, any size) as a :class:`FaceTemplate`, in the
     detector's order (best score first). A face whose head pose cannot be fitted is skipped."""
-    from edge.faces import DEVICE_REFINE, alignment_for, embed_batch, prepare_faces
+    from edge.faces import alignment_for, device_refine, embed_batch, prepare_faces
 
     detections = models.detector.detect(image)
     if not detections:
         return []
     boxes = [models.crop_policy.crop_box(det.box) for det in detections]
     # All faces of the photo in one landmark batch, re-cropped as the runtime does.
-    prepared = prepare_faces(image, boxes, models.landmarker, alignment_for(models.embedder), refine=DEVICE_REFINE)
+    refine = device_refine(models.landmarker)
+    prepared = prepare_faces(image, boxes, models.landmarker, alignment_for(models.embedder), refine=refine)
     kept = []
     for det, face in zip(detections, prepared):
         if face is None:

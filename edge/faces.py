@@ -23,8 +23,14 @@ from edge.geometry.headpose import head_pose
 from edge.landmarks.crop import landmark_crop_box
 
 # Landmark re-crops the device makes from a detector box (the pipeline and enrolment alike, so
-# templates and probes are aligned the same way).
+# templates and probes are aligned the same way): the landmark model's own choice, recorded in its
+# metadata (``extra.refine``, measured when it shipped); models without it get this.
 DEVICE_REFINE = 1
+
+
+def device_refine(landmarker) -> int:
+    """Re-crops the device makes with this landmark model (its metadata's, else DEVICE_REFINE)."""
+    return int(getattr(landmarker, "refine", DEVICE_REFINE))
 
 
 @dataclass(frozen=True, eq=False)
@@ -147,11 +153,12 @@ def largest(detections):
 
 
 def prepare_largest_face(
-    image: np.ndarray, detector, crop_policy, landmarker, spec: AlignmentSpec, refine: int = DEVICE_REFINE
+    image: np.ndarray, detector, crop_policy, landmarker, spec: AlignmentSpec, refine: int | None = None
 ):
     """The device chain on a photo's largest detected face: a :class:`PreparedFace` aligned as
     ``spec`` says, or None when no face is found (or its landmarks give no pose)."""
     det = largest(detector.detect(image))
     if det is None:
         return None
+    refine = device_refine(landmarker) if refine is None else refine
     return prepare_faces(image, [crop_policy.crop_box(det.box)], landmarker, spec, refine=refine)[0]

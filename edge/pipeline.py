@@ -17,7 +17,7 @@ from typing import Callable
 import numpy as np
 
 from edge import events as ev
-from edge.faces import DEVICE_REFINE, alignment_for, embed_batch, face_landmarks, faces_from_landmarks
+from edge.faces import alignment_for, device_refine, embed_batch, face_landmarks, faces_from_landmarks
 from edge.gallery import GalleryArrays
 from edge.geometry.align import ARCFACE_112
 from edge.matching import MatchResult, YawThresholds, match
@@ -104,7 +104,7 @@ class FacePipeline:
         thresholds: YawThresholds | None = None,
         tracker: Tracker | None = None,
         stills: bool = False,
-        refine: int = DEVICE_REFINE,
+        refine: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
         flip: bool | None = None,
     ):
@@ -120,7 +120,7 @@ class FacePipeline:
         self.tracker = tracker or Tracker()
         if stills:
             self.tracker.min_hits = 1
-        self.refine = refine
+        self.refine = device_refine(landmarker) if refine is None else refine  # None: the landmark model's
         self.clock = clock
         self.stats = StageStats()
         self.counters = {"frames": 0, "faces": 0, "recognised": 0, "unknown": 0, "tracks_ended": 0}

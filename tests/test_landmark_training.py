@@ -320,3 +320,19 @@ def test_eval_cli_runs_the_device_chain_from_detector_boxes(real_data, tmp_path)
         assert r["boxes"] == "detector" and r["refine"] == refine and r["count"] == 3
         assert 0 < r["nme"] <= 1.0 and 0 <= r["no_face"] <= 3
     assert reports[0]["nme"] != reports[1]["nme"]  # the re-crop changes the points
+
+
+def test_the_device_makes_the_re_crops_the_landmark_model_shipped_with(tmp_path):
+    from edge.faces import DEVICE_REFINE, device_refine
+    from edge.pipeline import FacePipeline
+    from training.landmarks.export import export_onnx
+
+    ckpt = _tiny_checkpoint(tmp_path)
+    old = Landmarker(load_model(export_onnx(ckpt, tmp_path / "old.onnx")))
+    assert old.refine == DEVICE_REFINE == device_refine(old)  # no field: the device's old default
+    one_pass = Landmarker(load_model(export_onnx(ckpt, tmp_path / "one.onnx", refine=0)))
+    assert one_pass.refine == 0 and json.loads((tmp_path / "one.json").read_text())["extra"]["refine"] == 0
+    assert FacePipeline(None, None, one_pass).refine == 0
+    assert FacePipeline(None, None, one_pass, refine=2).refine == 2  # an explicit choice wins
+    with pytest.raises(ValueError, match="refine must be >= 0"):
+        export_onnx(ckpt, tmp_path / "bad.onnx", refine=-1)

@@ -36,6 +36,12 @@ class Landmarker:
             raise ValueError(f"{meta.name}: metadata field 'extra.{err.args[0]}' is missing") from None
         self.size = meta.input_size[0]
         self.batch_size = batch_size
+        # Re-crops from its own points that the device makes with this model (measured when it
+        # shipped: a model trained on detector-box jitter can hold its accuracy in one pass);
+        # models from before the field: 1.
+        self.refine = int(meta.extra.get("refine", 1))
+        if self.refine < 0:
+            raise ValueError(f"{meta.name}: metadata field 'extra.refine' must be >= 0, got {self.refine}")
 
     def predict_crops(self, crops: Sequence[np.ndarray]) -> np.ndarray:
         """(N, L, 2) landmarks in crop pixels for uint8 BGR/gray crops of the model's input size."""

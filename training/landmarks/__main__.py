@@ -59,7 +59,7 @@ def cmd_eval(args) -> int:
     if args.boxes == "detector":
         from training.landmarks.evalcli import predict_from_detector
 
-        refine = _refine(args)
+        refine = _refine(args, landmarker)
         preds, no_face = predict_from_detector(landmarker, faces, refine)
         extra.update({"refine": refine, "no_face": no_face})
     else:
@@ -79,10 +79,10 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def _refine(args) -> int:
-    from edge.faces import DEVICE_REFINE
+def _refine(args, landmarker) -> int:
+    from edge.faces import device_refine
 
-    return args.refine if args.refine is not None else DEVICE_REFINE
+    return args.refine if args.refine is not None else device_refine(landmarker)
 
 
 def _eval_cfp(args) -> int:
@@ -105,7 +105,7 @@ def _eval_cfp(args) -> int:
         )
         return 2
     landmarker = load_landmarker(args.model, args.threads)
-    refine = _refine(args)
+    refine = _refine(args, landmarker)
     report = {
         "model": str(args.model),
         "cfp_root": str(args.cfp_root),
@@ -119,7 +119,7 @@ def cmd_export(args) -> int:
     from training.landmarks.export import export_onnx
 
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
-    out = export_onnx(args.checkpoint, args.out, decoder=args.decoder, accuracy=accuracy)
+    out = export_onnx(args.checkpoint, args.out, decoder=args.decoder, accuracy=accuracy, refine=args.refine)
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
@@ -130,7 +130,7 @@ def cmd_posecheck(args) -> int:
     from training.landmarks.posecheck import pose_check
 
     landmarker = load_landmarker(args.model, args.threads)
-    refine = _refine(args)
+    refine = _refine(args, landmarker)
     report = {
         "model": str(args.model),
         "refine": refine,
@@ -182,6 +182,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output .onnx path")
     p.add_argument("--decoder", choices=["numpy", "graph"], default="numpy")
     p.add_argument("--accuracy", type=Path, help="JSON of measured numbers to record in the metadata")
+    p.add_argument(
+        "--refine", type=int, default=None, help="re-crops the device makes with this model (metadata extra.refine)"
+    )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("posecheck", help="yaw from our landmarks on CFP frontal/profile photos")

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
 from edge.datasets.cfp_fiducials import fiducials_to_ibug68
-from edge.faces import DEVICE_REFINE, face_landmarks, largest
+from edge.faces import device_refine, face_landmarks, largest
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 
@@ -67,12 +67,13 @@ def _summary(per_photo: np.ndarray, per_point: np.ndarray, photos: int, no_face:
 
 
 def cfp_landmark_errors(
-    landmarker, cfp_root, folds, refine: int = DEVICE_REFINE, detector=None, progress: bool = True
+    landmarker, cfp_root, folds, refine: int | None = None, detector=None, progress: bool = True
 ) -> dict:
     """The report of ``python -m training.landmarks eval --cfp-root DIR --folds LIST``."""
     from edge.detect import build_detector
 
     detector = detector or build_detector({"type": "blazeface", "range": "short"})
+    refine = device_refine(landmarker) if refine is None else refine
     ids = [i for f in folds for i in fold_identities(f)]
     report: dict = {
         "folds": list(folds),

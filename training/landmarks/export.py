@@ -41,10 +41,14 @@ def export_onnx(
     accuracy: dict | None = None,
     name: str | None = None,
     notes: str | None = None,
+    refine: int | None = None,
 ) -> Path:
-    """Write ``out`` (.onnx) and its metadata; ``accuracy`` holds measured numbers, ``notes`` how."""
+    """Write ``out`` (.onnx) and its metadata; ``accuracy`` holds measured numbers, ``notes`` how;
+    ``refine``: the re-crops the device makes with this model (metadata ``extra.refine``)."""
+    from training.nn.dlib_resnet import fused_copy
+
     model, meta, _ = load_checkpoint(checkpoint)
-    model.eval()
+    model = fused_copy(model)  # a dlib trunk's affines folded into its convs (others: unchanged)
     size = meta.input_size[0]
     if decoder == "graph":
         net: nn.Module = _WithDecoder(model, PipNetDecoder(np.asarray(meta.extra["neighbours"]), meta.extra["stride"]))
@@ -71,6 +75,10 @@ def export_onnx(
     tmp.replace(out)
     extra = dict(meta.extra)
     extra["decoder"] = decoder
+    if refine is not None:
+        if refine < 0:
+            raise ValueError(f"refine must be >= 0, got {refine}")
+        extra["refine"] = int(refine)
     if notes:
         extra["accuracy_notes"] = notes
     meta = dataclasses.replace(

@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from edge.datasets.cfp import cfp_photos, fold_identities
 from edge.detect.registry import build_detector
-from edge.faces import DEVICE_REFINE, face_landmarks, largest
+from edge.faces import device_refine, face_landmarks, largest
 from edge.geometry.headpose import head_pose
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
@@ -25,11 +25,12 @@ PROFILE_MIN_YAW = 45.0
 
 
 def photo_yaws(
-    landmarker: Landmarker, photos, detector=None, progress: bool = True, refine: int = DEVICE_REFINE
+    landmarker: Landmarker, photos, detector=None, progress: bool = True, refine: int | None = None
 ) -> list[float | None]:
     """|yaw| in degrees per photo from the device chain (its largest face, ``refine`` re-crops);
     None where no face was found."""
     detector = detector or build_detector({"type": "blazeface", "range": "short"})
+    refine = device_refine(landmarker) if refine is None else refine
     out: list[float | None] = []
     for photo in tqdm(photos, disable=not progress, desc="pose check", mininterval=5):
         image = read_image_bgr(photo.image_path)
@@ -42,7 +43,7 @@ def photo_yaws(
     return out
 
 
-def pose_check(landmarker: Landmarker, cfp_root, folds, progress: bool = True, refine: int = DEVICE_REFINE) -> dict:
+def pose_check(landmarker: Landmarker, cfp_root, folds, progress: bool = True, refine: int | None = None) -> dict:
     ids = [i for f in folds for i in fold_identities(f)]
     report: dict = {"folds": list(folds)}
     for view in ("frontal", "profile"):
