@@ -12,12 +12,18 @@ after warm-up; the input is random in the model's own layout.
 frame) on real photos (CFP fold 9, frontal and profile), p50/p90 per frame and per face, for
 every backend/precision variant of the shipped landmark + identity models present (pairs with
 the same precision and format), interleaved frame by frame; plus the process's peak memory.
+Each variant (fp32, int8, ...) is its own row, labelled with the files that ran and the format
+and precision their metadata JSON states (never guessed from a file name).
+
+Every report JSON records the CPU (``cpu``, as lscpu names it): timings compare on one CPU only.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -30,7 +36,18 @@ MODELS_DIR = Path(__file__).parent / "models"
 
 
 def cpu_model() -> str:
-    """This machine's CPU as ``lscpu`` names it (timings are only comparable on one CPU)."""
+    """This machine's CPU as ``lscpu`` names it (timings are only comparable on one CPU); without
+    lscpu, /proc/cpuinfo's model name (x86; an Arm board's cpuinfo often has none)."""
+    try:
+        out = subprocess.run(
+            ["lscpu"], capture_output=True, text=True, timeout=10, env={**os.environ, "LC_ALL": "C"}
+        ).stdout
+        # big.LITTLE boards list one model name per cluster (e.g. Cortex-A55 and Cortex-A76)
+        names = [x.split(":", 1)[1].strip() for x in out.splitlines() if x.strip().lower().startswith("model name:")]
+        if names:
+            return " + ".join(dict.fromkeys(names))
+    except (OSError, subprocess.SubprocessError):
+        pass
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.lower().startswith("model name"):
@@ -69,6 +86,7 @@ def bench(paths: list[Path], threads: int, runs: int, warmup: int = 10) -> list[
             {
                 "model": str(p),
                 "task": r.meta.task,
+                "format": r.meta.format,
                 "precision": r.meta.precision,
                 "input": list(r.meta.input_size),
                 "threads": threads,
@@ -92,10 +110,23 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def ran(runner) -> dict:
+    """What a loaded model really is: its file, and the format and precision its metadata states."""
+    return {"file": str(runner.path), "format": runner.meta.format, "precision": runner.meta.precision}
+
+
+def variant_label(landmarks: dict, identity: dict) -> str:
+    """``"onnx int8"`` when the landmark and identity models agree (as :func:`ran` describes
+    them); else both, e.g. ``"landmarks onnx int8 + identity onnx fp32"``."""
+    lm, ident = (f"{m['format']} {m['precision']}" for m in (landmarks, identity))
+    return lm if lm == ident else f"landmarks {lm} + identity {ident}"
+
+
 def pipeline_variants() -> list[tuple[str, Path, Path]]:
-    """(label, landmark model, identity model) pairs of the same format and precision: the
-    shipped default models' variants (``edge.shipped``), named as ``variant_path`` names them."""
-    from edge.runtime.meta import FORMATS, PRECISIONS, variant_path
+    """(label, landmark model, identity model): the shipped default models' variants, found where
+    ``variant_path`` puts them and paired by that name; the label is what the two files'
+    metadata JSON says (format and precision), not what their names suggest."""
+    from edge.runtime.meta import FORMATS, PRECISIONS, load_meta, meta_path_for, variant_path
     from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
 
     pairs = []
@@ -105,8 +136,10 @@ def pipeline_variants() -> list[tuple[str, Path, Path]]:
                 lm, ident = (variant_path(m, fmt, precision) for m in (SHIPPED_LANDMARKS, SHIPPED_IDENTITY))
             except ValueError:  # a combination no variant is made in
                 continue
-            if all(p.exists() and p.with_suffix(".json").exists() for p in (lm, ident)):
-                pairs.append((f"{fmt} {precision}", lm, ident))
+            if all(p.exists() and meta_path_for(p).exists() for p in (lm, ident)):
+                metas = [load_meta(meta_path_for(p)) for p in (lm, ident)]
+                label = variant_label(*({"format": m.format, "precision": m.precision} for m in metas))
+                pairs.append((label, lm, ident))
     return pairs
 
 
@@ -123,12 +156,15 @@ def rss_mib(field: str = "VmRSS") -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
-def bench_pipeline(frames: int, threads: int, gallery_size: int, variants=None) -> list[dict]:
-    from edge.datasets.cfp import cfp_photos, fold_identities
-    from edge.datasets.root import require_data_root
+def bench_pipeline(
+    frames: int, threads: int, gallery_size: int, variants=None, images: list[np.ndarray] | None = None
+) -> list[dict]:
+    """One row per variant: ``variants`` are ``(landmark model, identity model)`` pairs, or
+    ``(label, landmark model, identity model)`` where the label must agree with what the files'
+    metadata says (a label naming other files than ran is refused). ``images``: the frames to run
+    (default: ``frames`` real CFP fold-9 photos)."""
     from edge.detect.registry import build_detector
     from edge.gallery import gallery_arrays_from
-    from edge.imageio import read_image_bgr
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker
     from edge.matching import YawThresholds
@@ -137,13 +173,30 @@ def bench_pipeline(frames: int, threads: int, gallery_size: int, variants=None) 
     variants = variants or pipeline_variants()
     if not variants:
         raise FileNotFoundError("no landmark + identity model pair of one precision under edge/models")
-    photos = cfp_photos(require_data_root("cfp"), identities=fold_identities(9))
-    step = max(1, len(photos) // frames)
-    images = [read_image_bgr(p.image_path) for p in photos[::step][:frames]]
+    if images is None:
+        from edge.datasets.cfp import cfp_photos, fold_identities
+        from edge.datasets.root import require_data_root
+        from edge.imageio import read_image_bgr
+
+        photos = cfp_photos(require_data_root("cfp"), identities=fold_identities(9))
+        step = max(1, len(photos) // frames)
+        images = [read_image_bgr(p.image_path) for p in photos[::step][:frames]]
     rng = np.random.default_rng(0)
-    rows, pipes = [], []
-    for _label, lm, ident in variants:
+    rows, pipes, models = [], [], []
+    for variant in variants:
+        if len(variant) not in (2, 3):
+            raise ValueError(f"variant {variant!r}: expected (landmark model, identity model) or (label, ...)")
+        *asked, lm, ident = variant
+        landmarker = Landmarker(load_model(lm, threads=threads))
         embedder = load_model(ident, threads=threads)
+        detector = build_detector({"type": "blazeface", "range": "short", "threads": threads})
+        # what the pipeline below really runs: the runners' own files and metadata
+        loaded = {"detector": ran(detector.runner), "landmarks": ran(landmarker.runner), "identity": ran(embedder)}
+        label = variant_label(loaded["landmarks"], loaded["identity"])
+        if asked and asked[0] != label:
+            raise ValueError(
+                f"variant {asked[0]!r}: {Path(lm).name} + {Path(ident).name} are {label!r} by their metadata"
+            )
         dim = int(
             np.prod(
                 embedder.run(np.zeros((1, *embedder.input_shape[1:]), np.float32))[embedder.meta.output_names[0]].shape[
@@ -156,15 +209,16 @@ def bench_pipeline(frames: int, threads: int, gallery_size: int, variants=None) 
         )
         pipes.append(
             FacePipeline(
-                build_detector({"type": "blazeface", "range": "short", "threads": threads}),
+                detector,
                 BLAZEFACE_SHORT_CROP,
-                Landmarker(load_model(lm, threads=threads)),
+                landmarker,
                 embedder,
                 lambda g=gallery: g,
                 YawThresholds.uniform(0.5),
                 stills=True,
             )
         )
+        models.append((label, loaded))
     for pipe in pipes:  # warm-up
         for image in images[:3]:
             pipe.process(image)
@@ -177,13 +231,16 @@ def bench_pipeline(frames: int, threads: int, gallery_size: int, variants=None) 
             faces[i] += len(result.faces)
             if result.faces:
                 per_face[i].append(result.timings_ms["frame"] / len(result.faces))
-    for (label, lm, ident), pipe, pf, n_faces in zip(variants, pipes, per_face, faces):
+    for (label, loaded), pipe, pf, n_faces in zip(models, pipes, per_face, faces):
         stats = pipe.stats.summary()
+        precisions = {loaded["landmarks"]["precision"], loaded["identity"]["precision"]}
         rows.append(
             {
                 "variant": label,
-                "landmarks": str(lm),
-                "identity": str(ident),
+                "precision": precisions.pop() if len(precisions) == 1 else "mixed",
+                "landmarks": loaded["landmarks"]["file"],
+                "identity": loaded["identity"]["file"],
+                "models": loaded,
                 "threads": threads,
                 "frames": len(images),
                 "faces": n_faces,
@@ -198,13 +255,20 @@ def bench_pipeline(frames: int, threads: int, gallery_size: int, variants=None) 
 def format_pipeline(rows: list[dict]) -> str:
     from edge.pipeline import STAGES
 
-    head = f"{'variant':<14} {'thr':>3} " + " ".join(f"{s:>14}" for s in STAGES) + f" {'per face':>14}"
+    def cell(p50, p90) -> str:
+        return f"{p50:>6.2f}/{p90:<7.2f}" if p50 is not None else f"{'-':>6}/{'-':<7}"
+
+    width = max([14, *(len(r["variant"]) for r in rows)])
+    head = f"{'variant':<{width}} {'thr':>3} " + " ".join(f"{s:>14}" for s in STAGES) + f" {'per face':>14}  files"
     lines = ["p50/p90 ms", head, "-" * len(head)]
     for r in rows:
-        cells = " ".join(f"{r['stages'][s]['p50_ms']:>6.2f}/{r['stages'][s]['p90_ms']:<7.2f}" for s in STAGES)
-        lines.append(
-            f"{r['variant']:<14} {r['threads']:>3} {cells} {r['per_face_p50_ms']:>6.2f}/{r['per_face_p90_ms']:<7.2f}"
+        stages = r["stages"]
+        cells = " ".join(
+            cell(stages[s]["p50_ms"], stages[s]["p90_ms"]) if s in stages else cell(None, None) for s in STAGES
         )
+        files = " + ".join(Path(r["models"][k]["file"]).name for k in ("landmarks", "identity"))
+        per_face = cell(r["per_face_p50_ms"], r["per_face_p90_ms"])
+        lines.append(f"{r['variant']:<{width}} {r['threads']:>3} {cells} {per_face}  {files}")
     return "\n".join(lines)
 
 
@@ -227,6 +291,7 @@ def main(argv=None) -> int:
             print(f"edge.bench: {err}", file=sys.stderr)
             return 2
         report = {
+            "cpu": cpu_model(),
             "frames": args.frames,
             "gallery_identities": args.gallery_size,
             "rows": rows,

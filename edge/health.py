@@ -1,8 +1,11 @@
-"""Local HTTP health endpoint: ``GET /health`` (JSON) and ``GET /metrics`` (Prometheus text).
+"""Local HTTP health endpoint: ``GET /health`` (JSON) and ``GET /metrics`` (Prometheus).
 
 Binds to loopback by default; when a token is configured every request must send
 ``Authorization: Bearer <token>`` (compared in constant time). Runs on a daemon thread and only
 reads a snapshot the frame loop publishes, so a slow client can never stall the loop.
+``/metrics`` is served by ``prometheus_client`` from a registry private to this server
+(:mod:`edge.metrics_prom`: counters, per-stage latency histograms and gauges, with HELP and
+TYPE, labelled by camera).
 """
 
 from __future__ import annotations
@@ -11,34 +14,15 @@ import hmac
 import json
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable
+from typing import Callable
 
-
-def prometheus_text(snapshot: dict[str, Any], prefix: str = "poseface") -> str:
-    """Flatten the numeric leaves of a health snapshot into Prometheus exposition lines.
-
-    ``{"stages": {"detect": {"p50_ms": 1.2}}}`` -> ``poseface_stages_detect_p50_ms 1.2``.
-    Booleans become 0/1; strings and lists are left out (they are in /health).
-    """
-    lines: list[str] = []
-
-    def walk(node: Any, name: str) -> None:
-        if isinstance(node, dict):
-            for key, value in node.items():
-                safe = "".join(c if c.isalnum() or c == "_" else "_" for c in str(key))
-                walk(value, f"{name}_{safe}")
-        elif isinstance(node, bool):
-            lines.append(f"{name} {int(node)}")
-        elif isinstance(node, (int, float)) and node == node:  # skip NaN
-            lines.append(f"{name} {node}")
-
-    walk(snapshot, prefix)
-    return "\n".join(lines) + "\n"
+from edge.metrics_prom import exposition, snapshot_registry
 
 
 class HealthServer:
     def __init__(self, bind: str, port: int, snapshot: Callable[[], dict], token: str | None = None):
         self._snapshot, self._token = snapshot, token
+        self.registry = snapshot_registry(snapshot)
         server = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -55,7 +39,8 @@ class HealthServer:
                     body = json.dumps(server._snapshot(), indent=1).encode() + b"\n"
                     return self._reply(200, "application/json", body)
                 if path == "/metrics":
-                    return self._reply(200, "text/plain; version=0.0.4", prometheus_text(server._snapshot()).encode())
+                    body, kind = exposition(server.registry, self.headers.get("Accept"))
+                    return self._reply(200, kind, body)
                 return self._reply(404, "application/json", b'{"error": "not found: try /health or /metrics"}\n')
 
             def _reply(self, code: int, kind: str, body: bytes):

@@ -7,15 +7,12 @@ import json
 import shutil
 import subprocess
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from edge.calibrate import calibrate_scores, dense_probe_pairs
-from edge.health import HealthServer, prometheus_text
 from edge.tracker import Observation, Tracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -105,27 +102,6 @@ def test_dense_probe_pairs_excludes_self_pairs():
     emb = np.eye(3, dtype=np.float32)
     s, same, y = dense_probe_pairs(ids, views, emb, np.array([0.0, 70.0, 5.0]))
     assert len(s) == 2 * 3 - 2 and same.sum() == 1 and not (s == 1).any()
-
-
-# ------------------------------------------------------------------ health
-
-
-def test_health_endpoint_json_metrics_and_token():
-    snap = {"fps": 2.5, "stages": {"detect": {"p50_ms": 1.5}}, "source": {"state": "streaming", "ok": True}}
-    assert "poseface_stages_detect_p50_ms 1.5" in prometheus_text(snap)
-    assert "poseface_source_ok 1" in prometheus_text(snap)
-    server = HealthServer("127.0.0.1", 0, lambda: snap, token="s3cret").start()
-    try:
-        url = f"http://127.0.0.1:{server.port}"
-        with pytest.raises(urllib.error.HTTPError) as err:
-            urllib.request.urlopen(url + "/health", timeout=5)
-        assert err.value.code == 401
-        req = urllib.request.Request(url + "/health", headers={"Authorization": "Bearer s3cret"})
-        assert json.loads(urllib.request.urlopen(req, timeout=5).read())["fps"] == 2.5
-        req = urllib.request.Request(url + "/metrics", headers={"Authorization": "Bearer s3cret"})
-        assert b"poseface_fps 2.5" in urllib.request.urlopen(req, timeout=5).read()
-    finally:
-        server.close()
 
 
 # ------------------------------------------------------------------ --source shorthand
