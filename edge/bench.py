@@ -143,6 +143,22 @@ def pipeline_variants() -> list[tuple[str, Path, Path]]:
     return pairs
 
 
+def _identity_like(landmarks: Path) -> Path:
+    """The shipped identity model's variant in the landmark model's format and precision (fp32 where
+    there is none), so a row compares landmark models and nothing else."""
+    from edge.runtime.meta import load_meta, meta_path_for, variant_path
+    from edge.shipped import SHIPPED_IDENTITY
+
+    if not Path(landmarks).is_file() or not meta_path_for(Path(landmarks)).exists():
+        raise FileNotFoundError(f"--landmarks {landmarks}: expected a model file with its metadata JSON beside it")
+    meta = load_meta(meta_path_for(Path(landmarks)))
+    try:
+        path = variant_path(SHIPPED_IDENTITY, meta.format, meta.precision)
+    except ValueError:
+        return SHIPPED_IDENTITY
+    return path if path.exists() else SHIPPED_IDENTITY
+
+
 def rss_mib(field: str = "VmRSS") -> float:
     """This process's resident memory (``VmRSS``) or its peak (``VmHWM``) in MiB."""
     try:
@@ -241,6 +257,7 @@ def bench_pipeline(
                 "landmarks": loaded["landmarks"]["file"],
                 "identity": loaded["identity"]["file"],
                 "models": loaded,
+                "refine": pipe.refine,
                 "threads": threads,
                 "frames": len(images),
                 "faces": n_faces,
@@ -278,6 +295,13 @@ def main(argv=None) -> int:
     parser.add_argument("--pipeline", action="store_true", help="per-stage latency of the whole chain on real photos")
     parser.add_argument("--frames", type=int, default=60, help="--pipeline: real photos to run")
     parser.add_argument("--gallery-size", type=int, default=100, help="--pipeline: identities in the gallery")
+    parser.add_argument(
+        "--landmarks",
+        type=Path,
+        nargs="+",
+        help="--pipeline: these landmark models side by side (each with its own re-crops), beside the shipped"
+        " identity model of the same precision, instead of the shipped pairs",
+    )
     parser.add_argument("--threads", type=int, nargs="+", default=[1])
     parser.add_argument("--runs", type=int, default=100)
     parser.add_argument("--json", type=Path)
@@ -285,8 +309,11 @@ def main(argv=None) -> int:
     if args.pipeline:
         try:
             rows = []
+            variants = None
+            if args.landmarks:
+                variants = [(lm, _identity_like(lm)) for lm in args.landmarks]
             for threads in args.threads:
-                rows += bench_pipeline(args.frames, threads, args.gallery_size)
+                rows += bench_pipeline(args.frames, threads, args.gallery_size, variants)
         except (FileNotFoundError, ValueError) as err:
             print(f"edge.bench: {err}", file=sys.stderr)
             return 2

@@ -140,6 +140,34 @@ def cmd_posecheck(args) -> int:
     return 0
 
 
+def cmd_card(args) -> int:
+    from training.landmarks.card_profile import _load, write_profile_card
+
+    for path in (args.run / "config.json", args.run / "split.json", args.model.with_suffix(".json")):
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: missing (a landmark run folder and an exported model with its JSON)")
+    compare = []
+    for spec in args.compare:
+        label, sep, run = spec.partition("=")
+        if not sep or not (Path(run) / "config.json").is_file():
+            raise ValueError(f"--compare: expected LABEL=RUN_FOLDER of a landmark run, got {spec!r}")
+        compare.append((label, Path(run)))
+    write_profile_card(
+        args.run,
+        args.model,
+        args.out,
+        w300=[_load(s, "w300") for s in args.w300],
+        cfp=[_load(s, "cfp") for s in args.cfp],
+        pose=[_load(s, "pose") for s in args.pose],
+        identity=[_load(s, "identity") for s in args.identity],
+        compare=compare,
+        latency=json.loads(args.latency.read_text()) if args.latency else None,
+        intro=args.intro.read_text().strip() if args.intro else "",
+    )
+    print(f"wrote {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.landmarks", description="PIPNet landmarks")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -197,6 +225,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", type=Path)
     p.add_argument("--threads", type=int, default=1)
     p.set_defaults(func=cmd_posecheck)
+
+    p = sub.add_parser("card", help="the model card of a CFP-trained landmark model, from measured reports")
+    p.add_argument("--run", type=Path, required=True, help="the run folder it was trained in")
+    p.add_argument("--model", type=Path, required=True, help="the exported .onnx (its .json beside it)")
+    p.add_argument("--out", type=Path, required=True, help="the card to write (MODEL_CARD.md)")
+    for flag, what in (
+        ("--w300", "300-W report (eval --split/--images)"),
+        ("--cfp", "CFP report (eval --cfp-root)"),
+        ("--pose", "pose check report"),
+        ("--identity", "identity eval report (training.identity eval)"),
+    ):
+        p.add_argument(flag, action="append", default=[], metavar="LABEL=REPORT.json", help=what)
+    p.add_argument("--compare", action="append", default=[], metavar="LABEL=RUN", help="architecture arms")
+    p.add_argument("--latency", type=Path, help="edge.bench --pipeline --landmarks ... JSON")
+    p.add_argument("--intro", type=Path, help="a text file: the card's summary paragraph")
+    p.set_defaults(func=cmd_card)
 
     args = parser.parse_args(argv)
     try:

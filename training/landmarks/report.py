@@ -37,6 +37,10 @@ LATENCY_VARIANTS = (
     ("mobilenetv2", {"width": 1.0, "last_channels": 0}, 256),
     ("mobilenetv2", {"width": 1.0, "last_channels": 0}, 192),
     ("mobilenetv2", {"width": 1.0, "last_channels": 0}, 128),
+    # dlib's face-pretrained trunk, its last level dropped (unpadded: 224 -> 6x6, 192 -> 5x5, 160 -> 4x4)
+    ("dlib_resnet", {"levels": 4, "pretrained": False}, 224),
+    ("dlib_resnet", {"levels": 4, "pretrained": False}, 192),
+    ("dlib_resnet", {"levels": 4, "pretrained": False}, 160),
 )
 
 

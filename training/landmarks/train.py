@@ -12,6 +12,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ def fit(
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         sched.load_state_dict(ckpt["scheduler"])
+        sched.milestones = Counter(milestones)  # the recipe's schedule, as it reads now, rules on resume
         start, best = ckpt["epoch"] + 1, ckpt["best"]
         print(f"resuming {stage_dir} at epoch {start + 1}/{epochs} (best val NME {best['nme']:.4f})")
     dataset = LandmarkDataset(train_samples, meta, neighbours, cfg.augment, seed=cfg.seed)
