@@ -27,6 +27,20 @@ def cmd_train(args) -> int:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, cache=args.cache)
+    if args.train_folder or args.train_rec:
+        import dataclasses
+
+        from training.identity.data.streamed import check_source_flag
+
+        cfg = dataclasses.replace(cfg, train_source=check_source_flag(args.train_folder, args.train_rec))
+    if cfg.train_source:
+        import training.identity.train as train_module
+
+        if not getattr(train_module, "STREAMED_SOURCES", False):  # never train on the cache by mistake
+            raise ValueError(
+                f"train_source {cfg.train_source}: training.identity.train does not read streamed sources yet "
+                "(wiring: training/identity/data/streamed.py, build_train_dataset)"
+            )
     best = train(cfg, Path(args.out), args.data_root)
     print(f"best validation score {best['score']:.4f} at epoch {best.get('epoch')}")
     return 0
@@ -212,6 +226,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--cache", default=None, help="aligned-face cache (overrides the recipe's 'cache')")
     p.add_argument("--data-root", default=None, help="data folder (default: $POSEFACE_DATA or ../shared/data)")
+    source = p.add_mutually_exclusive_group()
+    source.add_argument(
+        "--train-folder", default=None, help="train on aligned faces DIR/<identity>/<image> (overrides train_source)"
+    )
+    source.add_argument(
+        "--train-rec", default=None, help="train on an insightface RecordIO pack FILE.rec (overrides train_source)"
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("student", help="distil a device-sized student from a teacher checkpoint (resumable)")

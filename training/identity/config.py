@@ -31,6 +31,12 @@ class IdentityTrainConfig:
     # LFW people who are probably CFP test people (training.identity.overlap's report): left out
     exclude_lfw_people_file: str = ""
     val_cfp_folds: tuple[int, ...] = (8,)  # verification on these folds after every epoch (model choice)
+    # a streamed training set instead of the cache's faces (training.identity.data.streamed): an
+    # insightface RecordIO pack (a .rec file, its .idx beside it) or an aligned-face folder
+    # <root>/<identity>/<image>; "" = the cache. The cache still gives the validation folds.
+    train_source: str = ""
+    train_yaw: str = ""  # its yaw sidecar for PAA ("" = <source>.yaw.npz beside it when present)
+    loader_workers: int = 0  # DataLoader processes that read and decode a streamed source
     # network
     trunk: str = "mobilefacenet"
     width: float = 1.0
@@ -93,6 +99,21 @@ class IdentityTrainConfig:
             raise ValueError("frozen_levels: only the dlib_resnet trunk caches frozen levels")
         if not 0 <= self.frozen_levels <= 4:
             raise ValueError(f"frozen_levels: expected 0..4 (the dlib ResNet has 5 levels), got {self.frozen_levels}")
+        if self.loader_workers < 0:
+            raise ValueError(f"loader_workers: expected >= 0, got {self.loader_workers}")
+        if self.train_source:  # a streamed source has images, labels and at most yaw: nothing cached per face
+            cache_only = {
+                "pose_weight": self.pose_weight,  # pose branch: the cache's angles and landmarks
+                "distill_weight": self.distill_weight,  # the cache's teacher embeddings
+                "frozen_levels": self.frozen_levels,  # frozen features cached per cache photo
+                "anchor_weight": self.anchor_weight,  # class centres from in-memory crops
+                "self_distill_weight": self.self_distill_weight,
+                "head_init = centres": self.head_init == "centres",
+                "profile_oversample": self.profile_oversample != 1.0,  # CFP's profile flag
+            }
+            used = [name for name, value in cache_only.items() if value]
+            if used:
+                raise ValueError(f"train_source: {', '.join(used)} need(s) the aligned-face cache, not a stream")
 
     @property
     def pose_dim(self) -> int:

@@ -107,7 +107,7 @@ def excluded_lfw_people(path: str) -> list[str]:
 
     file = Path(path)
     if not file.is_absolute() and not file.exists():
-        file = Path(__file__).resolve().parents[2] / path  # relative to the repository
+        file = Path(__file__).resolve().parents[3] / path  # relative to the repository
     try:
         data = json.loads(file.read_text())
         return [m["lfw"] for m in data["matches"]]
