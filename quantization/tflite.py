@@ -32,9 +32,10 @@ def torch_graph(task: str, checkpoint: Path):
     heads for landmarks (decoded in numpy by edge/), the identity path for identity."""
     if task == "landmarks":
         from training.landmarks.train import load_checkpoint
+        from training.nn.dlib_resnet import fused_copy
 
         model, meta, _ = load_checkpoint(checkpoint)
-        return model.eval(), meta
+        return fused_copy(model).eval(), meta  # a dlib trunk's affines folded (others: unchanged)
     if task == "identity":
         from training.identity.export import _IdentityPath
         from training.identity.train import load_checkpoint

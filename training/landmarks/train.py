@@ -8,6 +8,7 @@ an epoch), ``metrics.json`` (summary), ``curves.png`` and ``ced.png``.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import sys
@@ -64,7 +65,10 @@ def build_model(cfg: LandmarkTrainConfig) -> PipNet:
 def load_checkpoint(path: Path) -> tuple[PipNet, ModelMeta, dict]:
     """A trained model, its metadata and the raw checkpoint dict."""
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    model = build_model(from_dict(LandmarkTrainConfig, ckpt["config"], f"{path}:config"))
+    cfg = from_dict(LandmarkTrainConfig, ckpt["config"], f"{path}:config")
+    if cfg.backbone_options.get("pretrained"):  # the checkpoint holds every weight: no pretrained file needed
+        cfg = dataclasses.replace(cfg, backbone_options={**cfg.backbone_options, "pretrained": False})
+    model = build_model(cfg)
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, meta_from_dict(ckpt["meta"], str(path)), ckpt
