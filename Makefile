@@ -21,8 +21,16 @@ demo: $(BIN)/python
 	$(BIN)/python -m edge.demo --out $(OUT)/demo
 	$(BIN)/python -m edge.demo_people --out $(OUT)/demo
 
+# The broker tests (tests/test_broker.py) start their own Mosquitto: installed here with apt-get
+# when it is missing and we are root with apt-get; otherwise one line says so and they skip.
 test: $(BIN)/python
-	$(BIN)/pip install -q -e '.[train,quant,dev,baseline]'
+	@if command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	  echo "make test: installing mosquitto and mosquitto-clients with apt-get (for the broker tests)"; \
+	  (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto mosquitto-clients) \
+	    >/dev/null 2>&1 || echo "make test: apt-get could not install mosquitto; the broker tests will skip"; \
+	else echo "make test: mosquitto is not installed (needs root and apt-get to install it); the broker tests will skip"; fi
+	$(BIN)/pip install -q -e '.[train,quant,dev,baseline,mqtt]'
 	$(BIN)/python -m ruff check .
 	$(BIN)/python -m pytest
 

@@ -375,6 +375,11 @@ class MqttSink:
     keepalive: int = _f(60, doc="MQTT keep-alive interval, seconds", ge=5, le=3600)
     timeout_s: float = _f(5.0, doc="per-publish timeout, seconds", gt=0, le=300)
     retries: int = _f(3, doc="retries with backoff before an event is dropped (and counted)", ge=0, le=100)
+    homeassistant: bool = _f(
+        False,
+        doc="publish Home Assistant MQTT discovery configs and states per camera (off: clear any published before)",
+    )
+    discovery_prefix: str = _f("homeassistant", doc="Home Assistant's MQTT discovery prefix")
 
 
 @dataclass(frozen=True)
@@ -760,6 +765,9 @@ def _check_across(cfg: RuntimeConfig) -> None:
                 raise _FieldError(f"{where}.host", "a broker host name", sink.host)
             _require_file(sink.password_file, f"{where}.password_file", "password file")
             _require_file(sink.ca_file, f"{where}.ca_file", "CA file")
+            if not re.fullmatch(r"[^+#/\x00]+(/[^+#/\x00]+)*", sink.discovery_prefix):
+                expected = "a topic prefix such as 'homeassistant' (no wildcards + #, no empty level)"
+                raise _FieldError(f"{where}.discovery_prefix", expected, sink.discovery_prefix)
         if isinstance(sink, WebhookSink):
             _require_file(sink.ca_file, f"{where}.ca_file", "CA file")
 

@@ -2,12 +2,15 @@
 
     python -m edge.run [--config FILE] [--profile NAME] [--source SPEC] [--gallery FILE]
                        [--set KEY=VALUE ...] [--max-frames N] [--summary-json FILE]
+                       [--homeassistant-remove]
 
 ``--source`` is a shorthand for the config's [source] table: ``/dev/video0`` or ``0`` (V4L2),
 ``picamera`` (Raspberry Pi camera), ``csi`` (Jetson CSI), ``rtsp://...``, ``http(s)://...``, a
 video file, or a folder of images. Events go to the configured sinks (stdout by default) as
 JSON lines; the summary (frames, faces, events, per-stage latency) is printed on stderr at the
-end and written to ``--summary-json``. Errors in the config or the command line are one line on
+end and written to ``--summary-json``. An MQTT sink with ``homeassistant = true`` publishes Home
+Assistant discovery for the camera (:mod:`edge.homeassistant`); ``--homeassistant-remove`` only
+clears it and exits. Errors in the config or the command line are one line on
 stderr and exit status 2.
 
 As a service (``firmware_configs/poseface-edge.service``, Type=notify): READY once models,
@@ -233,6 +236,10 @@ class Runner:
         self.source = build_source(source_options(cfg))
         self.pipeline.source_label = self.source.label
         self.sinks = SinkSet([build_sink(s, cfg.events.queue_size) for s in cfg.events.sinks])
+        for sink in self.sinks.sinks:
+            announce = getattr(sink, "announce_camera", None)  # MQTT: Home Assistant discovery (or its removal)
+            if announce is not None:
+                announce(self.source.label)
         self.stop_event = threading.Event()
         self.started = time.monotonic()
         self.events_by_type: dict[str, int] = {}
@@ -246,6 +253,9 @@ class Runner:
             self.face_store = FaceStore(cfg.privacy.face_images_dir, cfg.privacy.retention_days)
         self._snapshot: dict = {}
         self._lock = threading.Lock()
+        from edge.metrics_prom import StageLatency
+
+        self.latency = StageLatency()  # cumulative per-stage histograms for /metrics
 
     # -- health ---------------------------------------------------------------------------------
     def snapshot(self) -> dict:
@@ -263,6 +273,7 @@ class Runner:
             "events": dict(self.events_by_type),
             "source": self.source.health(),
             "stages": self.pipeline.stats.summary(),
+            "latency_histogram": self.latency.to_dict(),
             "gallery": {"identities": self.gallery.identities if self.gallery else 0},
             "sinks": {k: v.to_dict() for k, v in self.sinks.counters().items()},
         }
@@ -316,6 +327,7 @@ class Runner:
                     self.bad_frames += 1
                     log.warning("frame %s skipped: %s: %s", frame.name or frame.index, type(err).__name__, err)
                     continue
+                self.latency.observe(result.timings_ms)
                 for event in result.events:
                     self._emit(event)
                 if self.face_store is not None:
@@ -380,6 +392,30 @@ def _parse_sets(items: list[str]) -> dict[str, str]:
     return out
 
 
+def remove_homeassistant(cfg: RuntimeConfig) -> int:
+    """``--homeassistant-remove``: clear this device's retained Home Assistant discovery configs and
+    states for the configured camera on every MQTT sink, then exit (no model is loaded)."""
+    from edge.sinks import SendError, build_sink
+    from edge.sources import build_source
+
+    specs = [s for s in cfg.events.sinks if getattr(s, "type", None) == "mqtt"]
+    if not specs:
+        raise ConfigError("command line", "--homeassistant-remove", "an mqtt sink in events.sinks", "none")
+    label = build_source(source_options(cfg)).label  # built, never opened: only its label is needed
+    status = 0
+    for spec in specs:
+        sink = build_sink(spec, cfg.events.queue_size)
+        try:
+            cleared = sink.remove_homeassistant([label], timeout=max(spec.timeout_s, 10.0))
+            print(f"edge.run: {sink.name}: cleared {cleared} Home Assistant topics of camera {label}", file=sys.stderr)
+        except SendError as err:
+            print(f"edge.run: --homeassistant-remove: {err}", file=sys.stderr)
+            status = 1
+        finally:
+            sink.close()
+    return status
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m edge.run", description=__doc__.split("\n\n")[0])
     p.add_argument("--config", default=None, help="runtime TOML (firmware_configs/config.example.toml)")
@@ -391,6 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, default=None, help="stop after this many frames")
     p.add_argument("--summary-json", default=None, help="write the run summary here")
     p.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    p.add_argument(
+        "--homeassistant-remove",
+        action="store_true",
+        help="clear the retained Home Assistant discovery configs and states of the configured camera "
+        "on every mqtt sink, then exit",
+    )
     return p
 
 
@@ -410,6 +452,8 @@ def main(argv=None) -> int:
     logging.basicConfig(level=args.log_level, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
     try:
         cfg = config_from_args(args)
+        if args.homeassistant_remove:
+            return remove_homeassistant(cfg)
         runner = Runner(cfg, max_frames=args.max_frames)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"edge.run: {err}", file=sys.stderr)

@@ -37,6 +37,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from edge import __version__
 from edge.events import Event
+from edge.homeassistant import DEFAULT_DISCOVERY_PREFIX, OFFLINE, ONLINE, HomeAssistant, HomeAssistantError
 
 log = logging.getLogger(__name__)
 
@@ -428,10 +429,20 @@ class MqttSink(QueuedSink):
 
     paho's own network thread connects and reconnects in the background; our queue thread
     publishes while connected and, for QoS >= 1, waits up to ``timeout_s`` for the broker's
-    acknowledgement before counting the event sent. ``client`` replaces the paho client (tests,
-    or a client configured elsewhere): it needs ``is_connected()`` and ``publish(topic,
-    payload, qos)`` returning an object with ``rc``, ``wait_for_publish(timeout)`` and
-    ``is_published()``.
+    acknowledgement before counting the event sent.
+
+    Availability: the connection's last will is ``offline`` (retained, QoS 1) on
+    ``poseface/<client_id>/availability``; ``online`` is published there on every connection and
+    ``offline`` again on a clean close, so subscribers (Home Assistant among them) see a runner
+    that died as gone. ``homeassistant=True`` also publishes Home Assistant MQTT discovery
+    configs under ``discovery_prefix`` for each camera the runner announces, and keeps their
+    states current from the events; with it off, those retained topics are cleared when the sink
+    connects (see :mod:`edge.homeassistant`).
+
+    ``client`` replaces the paho client (tests, or a client configured elsewhere): it needs
+    ``is_connected()`` and ``publish(topic, payload, qos)`` returning an object with ``rc``,
+    ``wait_for_publish(timeout)`` and ``is_published()``; it is used as it is (no last will,
+    no availability), and Home Assistant messages need its ``publish`` to take ``retain``.
     """
 
     def __init__(
@@ -450,6 +461,8 @@ class MqttSink(QueuedSink):
         retries: int = 3,
         queue_size: int = DEFAULT_QUEUE_SIZE,
         backoff: Backoff | None = None,
+        homeassistant: bool = False,
+        discovery_prefix: str = DEFAULT_DISCOVERY_PREFIX,
         client: Any = None,
     ):
         if not isinstance(host, str) or not host:
@@ -458,21 +471,132 @@ class MqttSink(QueuedSink):
             raise SinkError(f"mqtt sink: topic: expected a topic name without wildcards (+, #), got {topic!r}")
         if qos not in (0, 1, 2):
             raise SinkError(f"mqtt sink: qos: expected 0, 1 or 2, got {qos!r}")
+        if not isinstance(client_id, str) or not client_id.strip():
+            raise SinkError(f"mqtt sink: client_id: expected a non-empty client id, got {client_id!r}")
+        if not isinstance(homeassistant, bool):
+            raise SinkError(f"mqtt sink: homeassistant: expected true or false, got {homeassistant!r}")
+        try:
+            self._ha = HomeAssistant(client_id, discovery_prefix, enabled=homeassistant, qos=max(qos, 1))
+        except HomeAssistantError as err:
+            raise SinkError(f"mqtt sink: {err}") from None
         self.topic = topic
         self.qos = qos
         self.timeout_s = float(timeout_s)
+        self.homeassistant = homeassistant
+        self.availability_topic = self._ha.availability_topic
         self.name = f"mqtt:{host}:{port}/{topic}"
+        # Held while Home Assistant states are computed and published, by the frame loop (emit)
+        # and by paho's thread (on connect), so a newer state is never published before an older one.
+        self._ha_lock = threading.RLock()  # re-entrant: paho may call back on the publishing thread
+        self._refusal: str | None = None
         self._owns_client = client is None
-        if client is None:
-            password = None
-            if password_file is not None:
-                try:
-                    password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
-                except OSError as err:
-                    raise SinkError(f"mqtt sink: password_file {password_file}: cannot read ({err.strerror})") from None
-            client = _paho_client(host, port, client_id, tls, ca_file, username, password, keepalive)
+        # True from our on_connect (which publishes everything) until the connection ends: paho
+        # says "connected" a moment before on_connect runs, and publishing in that moment too
+        # would send the same states twice. A client passed in has no callbacks: always live.
+        self._live = not self._owns_client
+        password = None
+        if client is None and password_file is not None:
+            try:
+                password = Path(password_file).read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as err:
+                raise SinkError(f"mqtt sink: password_file {password_file}: cannot read ({err.strerror})") from None
         self._client = client
         super().__init__(queue_size=queue_size, retries=retries, backoff=backoff)
+        if client is None:
+            # Made last: its thread may call _on_connect before _paho_client even returns, and
+            # that needs everything above (our on_connect publishes through the client it is given).
+            will = (self.availability_topic, OFFLINE)
+            callbacks = {"on_connect": self._on_connect, "on_disconnect": self._on_disconnect}
+            try:
+                self._client = _paho_client(
+                    host, port, client_id, tls, ca_file, username, password, keepalive, will, callbacks
+                )
+            except BaseException:
+                with self._wake:  # end the queue thread started above: this sink never existed
+                    self._closing = True
+                    self._wake.notify_all()
+                raise
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected to the broker now and has published what a connection
+        starts with (availability, Home Assistant's configs and states)."""
+        return bool(self._live and self._client.is_connected())
+
+    def emit(self, event: Event) -> None:
+        super().emit(event)
+        if self.homeassistant and not self._closing:
+            with self._ha_lock:
+                messages = self._ha.update(event)
+                if messages and self._live and self._client.is_connected():
+                    self._publish_all(messages)
+
+    def announce_camera(self, label: str) -> None:
+        """A camera the runner serves: its discovery configs and states (or, with Home Assistant
+        off, the clearing of any it had), now if connected, else on connection."""
+        with self._ha_lock:
+            messages = self._ha.add_camera(label)
+            if messages and self._live and self._client.is_connected():
+                self._publish_all(messages)
+
+    def remove_homeassistant(self, labels: Sequence[str], timeout: float) -> int:
+        """Clear the retained discovery configs and states of ``labels`` (empty retained payloads)
+        and wait for the broker to acknowledge each; the number of topics cleared. Raises
+        :class:`SendError` when the broker is not reached or does not acknowledge in ``timeout``."""
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            if time.monotonic() >= deadline:
+                why = f" (refused: {self._refusal})" if self._refusal else ""
+                raise SendError(f"{self.name}: not connected to the broker within {timeout:g} s{why}")
+            time.sleep(0.05)
+        infos = [
+            self._client.publish(m.topic, m.payload, qos=m.qos, retain=True)
+            for label in labels
+            for m in self._ha.clear_messages(label)
+        ]
+        for info in infos:
+            info.wait_for_publish(timeout=max(0.0, deadline - time.monotonic()))
+            if not info.is_published():
+                raise SendError(f"{self.name}: no acknowledgement within {timeout:g} s")
+        return len(infos)
+
+    def _publish_all(self, messages, client=None) -> None:
+        """Publish retained messages now (through ``client``, default ours); never raises (emit
+        must not): what is lost here is published again on the next connection."""
+        client = client if client is not None else self._client
+        try:
+            for m in messages:
+                info = client.publish(m.topic, m.payload, qos=m.qos, retain=m.retain)
+                if info.rc != 0:  # the connection went away meanwhile
+                    log.debug("%s: %s not published now (paho rc %s)", self.name, m.topic, info.rc)
+                    return
+        except Exception as err:  # noqa: BLE001 - a client that cannot publish must not stop the frame loop
+            log.warning("%s: Home Assistant message not published: %s: %s", self.name, type(err).__name__, err)
+
+    def _on_connect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        """paho's callback (its network thread): availability, then Home Assistant's messages."""
+        try:
+            if getattr(reason_code, "is_failure", False):
+                reason = str(reason_code)
+                if reason != self._refusal:  # once per reason, not at every reconnection attempt
+                    log.warning("%s: the broker refused the connection: %s", self.name, reason)
+                self._refusal = reason
+                return
+            if self._refusal is not None:
+                log.info("%s: connected", self.name)
+            self._refusal = None
+            with self._ha_lock:
+                if self._closing:  # close() has said offline, or is about to: say nothing after it
+                    return
+                client.publish(self.availability_topic, ONLINE, qos=1, retain=True)
+                self._publish_all(self._ha.connect_messages(), client)
+                self._live = True
+        except Exception as err:  # noqa: BLE001 - an exception here would end paho's network thread
+            log.warning("%s: after connecting: %s: %s", self.name, type(err).__name__, err)
+
+    def _on_disconnect(self, client, userdata, flags, reason_code, properties=None) -> None:
+        with self._ha_lock:
+            self._live = False
 
     def _send(self, payload: str) -> None:
         if not self._client.is_connected():
@@ -487,12 +611,28 @@ class MqttSink(QueuedSink):
 
     def _close_transport(self) -> None:
         if self._owns_client:
+            try:
+                info = None
+                with self._ha_lock:  # never between an on_connect's "online" and its states
+                    if self._live and self._client.is_connected():
+                        # A clean disconnect does not fire the last will: say offline ourselves.
+                        info = self._client.publish(self.availability_topic, OFFLINE, qos=1, retain=True)
+                    self._live = False
+                if info is not None:  # waited for outside the lock: paho's thread may need it meanwhile
+                    info.wait_for_publish(timeout=min(self.timeout_s, 5.0))
+            except Exception as err:  # noqa: BLE001 - closing must not raise for a delivery problem
+                log.debug("%s: offline not published: %s", self.name, err)
             self._client.disconnect()
             self._client.loop_stop()
 
 
-def _paho_client(host, port, client_id, tls, ca_file, username, password, keepalive):
-    """A paho-mqtt 2 client that connects (and reconnects) on its own network thread."""
+def _paho_client(host, port, client_id, tls, ca_file, username, password, keepalive, will=None, callbacks=None):
+    """A paho-mqtt 2 client that connects (and reconnects) on its own network thread.
+
+    ``will``: (topic, payload) the broker publishes, retained at QoS 1, if the connection is lost
+    without a clean disconnect; ``callbacks``: paho (version 2) callbacks by attribute name
+    (``on_connect``, ...), set before the first connection so that none is missed.
+    """
     try:
         import paho.mqtt.client as mqtt  # the optional `mqtt` extra, imported only by this sink
     except ImportError:
@@ -504,7 +644,14 @@ def _paho_client(host, port, client_id, tls, ca_file, username, password, keepal
         client.username_pw_set(username, password)
     if tls:
         # tls_set verifies the broker's certificate and host name by default.
-        client.tls_set(ca_certs=None if ca_file is None else str(ca_file))
+        try:
+            client.tls_set(ca_certs=None if ca_file is None else str(ca_file))
+        except (OSError, ValueError) as err:  # ssl.SSLError is an OSError
+            raise SinkError(f"mqtt sink: ca_file {ca_file}: cannot load ({err})") from None
+    if will is not None:
+        client.will_set(will[0], will[1], qos=1, retain=True)
+    for attribute, callback in (callbacks or {}).items():
+        setattr(client, attribute, callback)
     client.reconnect_delay_set(min_delay=1, max_delay=60)
     client.connect_async(host, int(port), keepalive=int(keepalive))
     client.loop_start()
@@ -554,6 +701,8 @@ SINK_TYPES: dict[str, Callable[[dict, int], Sink]] = {
                 "keepalive",
                 "timeout_s",
                 "retries",
+                "homeassistant",
+                "discovery_prefix",
             ),
         ),
     ),
