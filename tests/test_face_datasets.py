@@ -258,9 +258,13 @@ def test_broken_record_is_skipped_counted_and_warned_once(tmp_path):
 
 
 def test_broken_records_are_counted_across_dataloader_workers(tmp_path):
+    # spawned workers: a forked worker can deadlock on locks (OpenMP, threads) that earlier tests in this
+    # process left taken
     rec, faces = _damaged_pack(tmp_path)
     ds = RecordFaces(rec, progress=False)
-    loader = torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2, collate_fn=ds.collate)
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=4, num_workers=2, collate_fn=ds.collate, multiprocessing_context="spawn"
+    )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", BrokenRecordWarning)
         batches = list(loader)

@@ -1,4 +1,7 @@
-"""python -m training.identity {prepare,train,eval,export} ..."""
+"""python -m training.identity {prepare,train,eval,export} ...
+
+``train`` also runs under torchrun (one process per GPU, or gloo processes on a CPU):
+``torchrun --standalone --nproc_per_node N -m training.identity train --config R --out RUN``."""
 
 from __future__ import annotations
 
@@ -27,6 +30,10 @@ def cmd_train(args) -> int:
         import dataclasses
 
         cfg = dataclasses.replace(cfg, cache=args.cache)
+    if args.device:
+        import dataclasses
+
+        cfg = dataclasses.replace(cfg, device=args.device)
     if args.train_folder or args.train_rec:
         import dataclasses
 
@@ -41,15 +48,26 @@ def cmd_train(args) -> int:
                 f"train_source {cfg.train_source}: training.identity.train does not read streamed sources yet "
                 "(wiring: training/identity/data/streamed.py, build_train_dataset)"
             )
-    best = train(cfg, Path(args.out), args.data_root)
-    print(f"best validation score {best['score']:.4f} at epoch {best.get('epoch')}")
+    from training.runtime import is_main_process, teardown
+
+    try:
+        best = train(cfg, Path(args.out), args.data_root)
+    finally:
+        teardown()  # the torchrun process group, if this process started one
+    if is_main_process():
+        print(f"best validation score {best['score']:.4f} at epoch {best.get('epoch')}")
     return 0
 
 
 def cmd_student(args) -> int:
+    import dataclasses
+
     from training.identity.student import load_student_config, train_student
 
-    best = train_student(load_student_config(args.config), Path(args.out), args.data_root)
+    cfg = load_student_config(args.config)
+    if args.device:
+        cfg = dataclasses.replace(cfg, device=args.device)
+    best = train_student(cfg, Path(args.out), args.data_root)
     print(f"student done: best validation score {best['score']:.4f} at epoch {best.get('epoch')}")
     return 0
 
@@ -233,12 +251,23 @@ def build_parser() -> argparse.ArgumentParser:
     source.add_argument(
         "--train-rec", default=None, help="train on an insightface RecordIO pack FILE.rec (overrides train_source)"
     )
+    p.add_argument(
+        "--device",
+        default=None,
+        help="auto | cpu | cuda | cuda:N (overrides the recipe's 'device'; auto = CUDA where available; "
+        "under torchrun each process takes cuda:LOCAL_RANK)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("student", help="distil a device-sized student from a teacher checkpoint (resumable)")
     p.add_argument("--config", default=None, help="student recipe TOML (training/identity/configs/student_cpu.toml)")
     p.add_argument("--out", required=True, help="run folder")
     p.add_argument("--data-root", default=None)
+    p.add_argument(
+        "--device",
+        default=None,
+        help="auto | cpu | cuda | cuda:N (overrides the recipe's 'device'; auto = CUDA where available)",
+    )
     p.set_defaults(func=cmd_student)
 
     p = sub.add_parser("eval", help="CFP FF/FP verification of a model on any CFP-layout folder")

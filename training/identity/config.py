@@ -23,6 +23,29 @@ class IdentityAugmentConfig:
 
 @dataclass(frozen=True)
 class IdentityTrainConfig:
+    """One identity recipe. ``batch_size`` is the global batch: under torchrun each of the N
+    processes takes ``batch_size / N`` (training.runtime), so the learning rate and schedule
+    mean the same on one GPU and on eight.
+
+    Class count: the margin head keeps every class's weight vector (C x D, fp32) on every GPU
+    (DistributedDataParallel replicates it and all-reduces its gradient each step; there is no
+    Partial FC class sharding). Per GPU that costs about ``20 * C * D`` bytes (weights, their
+    normalised copy, gradients, SGD momentum) plus ``24 * b * C`` bytes of logits and their
+    gradients for a per-GPU batch b: for Glint360K (C = 360,232, D = 128, b = 128) 0.9 GB + 1.1 GB,
+    which fits beside the trunk on a 16 GB GPU; the head's gradient, ``4 * C * D`` bytes, crosses
+    the interconnect every step (184 MB for Glint360K: fine over NVLink, the bottleneck between
+    nodes on Ethernet). Beyond a few million classes (or many nodes) this needs Partial FC, which
+    is not built. RegularFace over all classes (``regularface_batch_only
+    = false``) forms a C x C matrix: the trainer refuses it above ``REGULARFACE_ALL_MAX`` classes.
+    """
+
+    # where it runs (training.runtime): the device ("auto" = CUDA where available; --device
+    # overrides), the network's precision (fp32 | bf16 | fp16: fp16 needs CUDA, on a CPU it is
+    # refused) and NHWC memory ("auto" = on: it runs the depthwise and 1x1 convolutions ~3x
+    # faster on a CPU, measured here, and tensor cores want it on a GPU)
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: str = "auto"
     # data: which identities train (CFP folds by number; fold 9 is never trained on)
     cache: str = "runs/idcache"
     train_cfp_folds: tuple[int, ...] = (1, 2, 3, 4, 5, 6, 7)
@@ -36,7 +59,7 @@ class IdentityTrainConfig:
     # <root>/<identity>/<image>; "" = the cache. The cache still gives the validation folds.
     train_source: str = ""
     train_yaw: str = ""  # its yaw sidecar for PAA ("" = <source>.yaw.npz beside it when present)
-    loader_workers: int = 0  # DataLoader processes that read and decode a streamed source
+    loader_workers: int = 0  # DataLoader processes (per training process) that read, decode and augment
     # network
     trunk: str = "mobilefacenet"
     width: float = 1.0
@@ -78,6 +101,10 @@ class IdentityTrainConfig:
     augment: IdentityAugmentConfig = field(default_factory=IdentityAugmentConfig)
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ValueError(f"channels_last: expected auto, on or off, got {self.channels_last!r}")
         if 9 in self.train_cfp_folds:
             raise ValueError("train_cfp_folds: CFP fold 9 is the held-out test fold and is never trained on")
         if set(self.train_cfp_folds) & set(self.val_cfp_folds):

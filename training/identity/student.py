@@ -17,6 +17,11 @@ The checkpoint is an ``IdentityNet`` checkpoint like training's own, so ``export
 ``quantization build`` and every evaluation take it unchanged. Resumable (``last.pt`` every
 epoch); ``best.pt`` is the epoch with the best validation score when ``val_cfp_folds`` is set,
 else the last epoch.
+
+Where it runs (:mod:`training.runtime`, as ``train``): ``device`` (``--device``), ``precision``
+(teacher and student under autocast, the losses in fp32; fp16 with a GradScaler, CUDA only) and
+``channels_last``. One process: the loop draws its own views, so it does not run under torchrun
+with several processes (``train`` does).
 """
 
 from __future__ import annotations
@@ -42,6 +47,10 @@ from training.identity.config import IdentityAugmentConfig, IdentityTrainConfig
 
 @dataclass(frozen=True)
 class StudentConfig:
+    # where it runs (training.runtime): "auto" = CUDA where available (--device overrides)
+    device: str = "auto"
+    precision: str = "fp32"  # fp32 | bf16 | fp16 (CUDA only)
+    channels_last: str = "auto"  # auto = on (measured faster on the CPU here; tensor cores on a GPU)
     cache: str = "runs/idcache_dlib150"
     teacher: str = "training/checkpoints/poseface_r29.pt"
     sources: tuple[str, ...] = ("cfp", "lfw", "orl", "w300")
@@ -76,6 +85,10 @@ class StudentConfig:
             raise ValueError("val_cfp_folds must not overlap train_cfp_folds")
         if not 0.0 <= self.mixup_prob <= 1.0 or self.mixup_alpha <= 0:
             raise ValueError("mixup_prob must be in [0, 1] and mixup_alpha > 0")
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ValueError(f"channels_last: expected auto, on or off, got {self.channels_last!r}")
 
     def student_recipe(self) -> IdentityTrainConfig:
         """The student as an identity recipe (what its checkpoint records, so every tool that
@@ -95,6 +108,8 @@ class StudentConfig:
             seed=self.seed,
             threads=self.threads,
             augment=self.augment,
+            precision=self.precision,
+            channels_last=self.channels_last,
         )
 
 
@@ -162,10 +177,16 @@ def train_student(cfg: StudentConfig, run_dir: Path, data_root=None) -> dict:
     from training.identity.losses import build_head
     from training.identity.model import IdentityNet, exported_parameters
     from training.identity.prepare import cache_alignment, load_cache
-    from training.identity.train import atomic_save, load_checkpoint, lr_at, plot_curves, validate, write_json
+    from training.identity.train import load_checkpoint, lr_at, plot_curves, validate
+    from training.runtime import atomic_save, load_state, setup, use_channels_last, write_json
 
+    rt = setup(cfg.device, cfg.precision)
+    if rt.distributed:
+        raise ValueError(
+            f"student: runs in one process ({rt.world_size} started by torchrun); use --device cuda on one GPU"
+        )
     run_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
+    torch.set_num_threads(rt.threads(cfg.threads))
     torch.manual_seed(cfg.seed)
     teacher, teacher_meta, _ = load_checkpoint(Path(cfg.teacher))
     teacher.eval()
@@ -182,24 +203,34 @@ def train_student(cfg: StudentConfig, run_dir: Path, data_root=None) -> dict:
     recipe = cfg.student_recipe()
     write_json(run_dir / "config.json", to_dict(cfg))
     write_json(run_dir / "meta.json", meta.to_dict())
+    channels_last = use_channels_last(cfg.channels_last, rt.device, cpu_default=True)
+    memory = torch.channels_last if channels_last else torch.contiguous_format
     net = IdentityNet(cfg.trunk, cfg.width, cfg.depth, cfg.embedding_dim, input_size=cfg.input_size)
-    net = net.to(memory_format=torch.channels_last)
+    net = net.to(memory_format=memory).to(rt.device)
+    # the teacher as before on a CPU (contiguous; unmeasured there in NHWC), NHWC with the student on a GPU
+    teacher_memory = memory if rt.cuda else torch.contiguous_format
+    teacher.to(memory_format=teacher_memory).to(rt.device)
     head = build_head("arcface", cfg.embedding_dim, max(1, len(classes))) if cfg.margin_weight else None
+    if head is not None:
+        head.to(rt.device)
     params = list(net.parameters()) + (list(head.parameters()) if head is not None else [])
     opt = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    scaler = rt.scaler()
     print(
         f"{run_dir.name}: {len(rows)} faces ({int((labels >= 0).sum())} labelled, {len(classes)} people); "
-        f"student {exported_parameters(net) / 1e6:.2f}M parameters at {cfg.input_size}px"
+        f"student {exported_parameters(net) / 1e6:.2f}M parameters at {cfg.input_size}px; on {rt.describe()}"
     )
     cfp_root = (Path(data_root) / "cfp" if data_root else require_data_root("cfp")) if cfg.val_cfp_folds else None
     start, best = 0, {"score": -1.0}
     last = run_dir / "last.pt"
     if last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        ckpt = load_state(last)  # on the CPU whatever device wrote it; copied onto the nets' device
         net.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         if head is not None:
             head.load_state_dict(ckpt["head"])
+        if scaler.is_enabled() and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         start, best = ckpt["epoch"] + 1, ckpt["best"]
         print(f"resuming {run_dir} at epoch {start + 1}/{cfg.epochs}")
     batcher = ViewBatcher(cfg, teacher_meta, meta, cache["images"], cache["pose"], cache["landmarks"])
@@ -223,19 +254,24 @@ def train_student(cfg: StudentConfig, run_dir: Path, data_root=None) -> dict:
                 group["lr"] = lr_at(sched, epoch * steps + i, steps)
             pick = order[i * cfg.batch_size : (i + 1) * cfg.batch_size]
             t_in, s_in, mixed = batcher(rows[pick], rng)
-            with torch.no_grad():
-                target = F.normalize(teacher(t_in), dim=1)
-            emb = net(s_in.contiguous(memory_format=torch.channels_last))
+            t_in = t_in.to(rt.device, non_blocking=True).contiguous(memory_format=teacher_memory)
+            s_in = s_in.to(rt.device, non_blocking=True).contiguous(memory_format=memory)
+            with rt.autocast():
+                with torch.no_grad():
+                    target = teacher(t_in)
+                emb = net(s_in)
+            target, emb = F.normalize(target.float(), dim=1), emb.float()  # the losses in fp32
             terms = {"distill": (1.0 - F.cosine_similarity(emb, target, dim=1)).mean()}
-            y = torch.from_numpy(labels[pick])
-            use = (~mixed) & (y >= 0)
+            y = torch.from_numpy(labels[pick]).to(rt.device)
+            use = (~mixed.to(rt.device)) & (y >= 0)
             if head is not None and use.any():
                 logits = head(emb[use], y[use])
                 terms["margin"] = cfg.margin_weight * F.cross_entropy(logits, y[use])
             terms["total"] = sum(terms.values())
             opt.zero_grad()
-            terms["total"].backward()
-            opt.step()
+            scaler.scale(terms["total"]).backward()
+            scaler.step(opt)
+            scaler.update()
             for k, v in terms.items():
                 sums[k] = sums.get(k, 0.0) + float(v.detach())
             bar.set_postfix(loss=f"{float(terms['total'].detach()):.4f}", refresh=False)
@@ -256,6 +292,8 @@ def train_student(cfg: StudentConfig, run_dir: Path, data_root=None) -> dict:
             best = {"score": val["score"], "epoch": epoch + 1, **{k: v for k, v in val.items() if k != "score"}}
             atomic_save({**state, "val": val}, run_dir / "best.pt")
         extra = {"head": head.state_dict()} if head is not None else {}
+        if scaler.is_enabled():
+            extra["scaler"] = scaler.state_dict()
         atomic_save({**state, **extra, "optimizer": opt.state_dict(), "best": best}, last)
     write_json(run_dir / "metrics.json", {"best": best, "epochs": cfg.epochs, "faces": len(rows)})
     plot_curves(log_path, run_dir / "curves.png")
@@ -266,4 +304,3 @@ def load_student_config(path) -> StudentConfig:
     from training.config import load_toml
 
     return load_toml(StudentConfig, Path(path)) if path else StudentConfig()
-

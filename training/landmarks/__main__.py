@@ -1,4 +1,6 @@
-"""python -m training.landmarks {train,eval,export,posecheck} ..."""
+"""python -m training.landmarks {train,eval,export,posecheck} ...
+
+``train`` also runs under torchrun (one process per GPU, or gloo processes on a CPU)."""
 
 from __future__ import annotations
 
@@ -14,15 +16,24 @@ from training.landmarks.config import LandmarkTrainConfig
 
 def cmd_train(args) -> int:
     from training.landmarks.train import train_supervised
+    from training.runtime import is_main_process, teardown
 
     cfg = load_toml(LandmarkTrainConfig, args.config) if args.config else LandmarkTrainConfig()
-    run_dir = Path(args.out)
-    best = train_supervised(cfg, run_dir)
-    print(f"supervised: best validation NME {best['nme']:.4f} at epoch {best.get('epoch')}")
-    if cfg.stc.rounds and not args.no_stc:
-        from training.landmarks.stc import train_stc
+    if args.device:
+        from dataclasses import replace
 
-        train_stc(cfg, run_dir)
+        cfg = replace(cfg, device=args.device)
+    run_dir = Path(args.out)
+    try:
+        best = train_supervised(cfg, run_dir)
+        if is_main_process():
+            print(f"supervised: best validation NME {best['nme']:.4f} at epoch {best.get('epoch')}")
+        if cfg.stc.rounds and not args.no_stc:
+            from training.landmarks.stc import train_stc
+
+            train_stc(cfg, run_dir)
+    finally:
+        teardown()  # the torchrun process group, if this process started one
     return 0
 
 
@@ -176,6 +187,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--config", type=Path, help="TOML recipe (see training/landmarks/configs/)")
     p.add_argument("--out", type=Path, required=True, help="run folder")
     p.add_argument("--no-stc", action="store_true", help="stop after the supervised stage")
+    p.add_argument(
+        "--device",
+        default=None,
+        help="auto | cpu | cuda | cuda:N (overrides the recipe's 'device'; auto = CUDA where available). "
+        "Several processes: torchrun --nproc_per_node N -m training.landmarks train ... (cuda:LOCAL_RANK each)",
+    )
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("eval", help="NME / FR@0.1 / AUC@0.1 on images with .pts beside them")

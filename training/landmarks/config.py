@@ -27,6 +27,17 @@ class StcConfig:
 
 @dataclass(frozen=True)
 class LandmarkTrainConfig:
+    """One landmark recipe. ``batch_size`` is the global batch: under torchrun each of the N
+    processes takes ``batch_size / N`` (training.runtime); ``workers`` are DataLoader processes
+    per training process."""
+
+    # where it runs (training.runtime): the device ("auto" = CUDA where available; --device
+    # overrides), the network's precision (fp32 | bf16 | fp16: fp16 needs CUDA, on a CPU it is
+    # refused; the loss is always fp32) and NHWC memory ("auto" = on a GPU only: a CPU run
+    # computes exactly what it did before these options existed)
+    device: str = "auto"
+    precision: str = "fp32"
+    channels_last: str = "auto"
     backbone: str = "mobilenetv2"
     backbone_options: dict = field(default_factory=dict)
     input_size: int = 256
@@ -62,6 +73,10 @@ class LandmarkTrainConfig:
     backbone_lr_scale: float = 1.0
 
     def __post_init__(self) -> None:
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ValueError(f"precision: expected fp32, bf16 or fp16, got {self.precision!r}")
+        if self.channels_last not in ("auto", "on", "off"):
+            raise ValueError(f"channels_last: expected auto, on or off, got {self.channels_last!r}")
         if 9 in self.cfp_folds:
             raise ValueError("cfp_folds: CFP fold 9 is the test fold and is never trained on")
         if self.backbone != "dlib_resnet" and self.input_size % 32:

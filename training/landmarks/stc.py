@@ -11,6 +11,10 @@ kept out: the identity work evaluates on it and the pose check reports on it).
 
 CPU budget deviation from the paper: each round re-labels only the subset it trains on
 (``unlabeled_per_round``), not the whole pool.
+
+Device, precision and processes as in :func:`training.landmarks.train.fit`: under torchrun
+rank 0 detects the unlabeled faces and pseudo-labels each round's subset (on its device) while
+the others wait, then every process trains the round.
 """
 
 from __future__ import annotations
@@ -30,7 +34,7 @@ from edge.landmarks.landmarker import Landmarker
 from training.landmarks.config import LandmarkTrainConfig
 from training.landmarks.data import LandmarkSample
 from training.landmarks.train import fit, load_checkpoint, prepare_run, write_json
-from training.nn.runner import TorchRunner
+from training.runtime import DeviceRunner, is_main_process, setup
 
 STC_CFP_FOLDS = tuple(range(1, 9))
 
@@ -55,7 +59,8 @@ def detect_crop_boxes(paths: list[Path], cache: Path, min_score: float) -> dict[
         for p in tqdm(todo, desc="detect unlabeled faces", mininterval=10):
             dets = [d for d in detector.detect(read_image_bgr(p)) if d.score >= min_score]
             boxes[str(p)] = BLAZEFACE_SHORT_CROP.crop_box(dets[0].box).tolist() if dets else []
-        write_json(cache, boxes)
+        if is_main_process():
+            write_json(cache, boxes)
     return {k: v for k, v in boxes.items() if v}
 
 
@@ -75,9 +80,12 @@ def choose_subset(pool: dict[str, list[Path]], boxes: dict, n: int, cfp_fraction
     return out
 
 
-def pseudo_label(checkpoint: Path, paths: list[Path], boxes: dict) -> list[np.ndarray]:
+def pseudo_label(checkpoint: Path, paths: list[Path], boxes: dict, device=None) -> list[np.ndarray]:
+    """The checkpoint's landmarks for each photo's crop box (the model on ``device``, default the CPU)."""
     model, meta, _ = load_checkpoint(checkpoint)
-    landmarker = Landmarker(TorchRunner(model, meta))
+    if device is not None:
+        model.to(device)
+    landmarker = Landmarker(DeviceRunner(model, meta))
     return [
         landmarker.predict(read_image_bgr(p), [np.asarray(boxes[str(p)])])[0]
         for p in tqdm(paths, desc="pseudo-label", mininterval=10)
@@ -88,32 +96,38 @@ def train_stc(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None) -> dict:
     stc = cfg.stc
     if len(stc.coarse_sizes) != stc.rounds:
         raise ValueError(f"stc.coarse_sizes needs one entry per round ({stc.rounds}), got {list(stc.coarse_sizes)}")
-    train, val, meta = prepare_run(cfg, run_dir, data_root)
-    pool = unlabeled_pool(data_root)
-    all_paths = [p for v in pool.values() for p in v]
-    boxes = detect_crop_boxes(all_paths, run_dir / "stc_boxes.json", stc.min_detection_score)
+    rt = setup(cfg.device, cfg.precision)
+    with rt.main_first():  # rank 0 detects and caches the boxes, the others read them
+        train, val, meta = prepare_run(cfg, run_dir, data_root)
+        pool = unlabeled_pool(data_root)
+        all_paths = [p for v in pool.values() for p in v]
+        boxes = detect_crop_boxes(all_paths, run_dir / "stc_boxes.json", stc.min_detection_score)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics["stc_pool"] = {k: len(v) for k, v in pool.items()} | {"with_face": len(boxes)}
     teacher = run_dir / "supervised" / "best.pt"
     for r in range(stc.rounds):
         stage = run_dir / f"stc_round{r + 1}"
-        stage.mkdir(parents=True, exist_ok=True)
         labels_path = stage / "pseudo_labels.json"
-        if labels_path.exists():
-            labels = json.loads(labels_path.read_text())
-        else:
-            rng = np.random.default_rng((cfg.seed, r))
-            subset = choose_subset(pool, boxes, stc.unlabeled_per_round, stc.cfp_fraction, rng)
-            points = pseudo_label(teacher, subset, boxes)
-            faces = {str(p): np.round(q, 2).tolist() for p, q in zip(subset, points)}
-            labels = {"teacher": str(teacher), "faces": faces}
-            write_json(labels_path, labels)
+        with rt.main_first():  # rank 0 pseudo-labels the round's faces, the others read its file
+            if rt.is_main:
+                stage.mkdir(parents=True, exist_ok=True)
+            if labels_path.exists():
+                labels = json.loads(labels_path.read_text())
+            else:
+                rng = np.random.default_rng((cfg.seed, r))
+                subset = choose_subset(pool, boxes, stc.unlabeled_per_round, stc.cfp_fraction, rng)
+                points = pseudo_label(teacher, subset, boxes, rt.device)
+                faces = {str(p): np.round(q, 2).tolist() for p, q in zip(subset, points)}
+                labels = {"teacher": str(teacher), "faces": faces}
+                if rt.is_main:
+                    write_json(labels_path, labels)
         coarse = stc.coarse_sizes[r]
         factor = 1 if coarse == 0 else max(1, cfg.map_size // coarse)
         pseudo = [LandmarkSample(Path(p), np.asarray(q), factor, f"pseudo:{p}") for p, q in labels["faces"].items()]
         best = fit(cfg, meta, train + pseudo, val, stage, stc.epochs, stc.milestones)
         metrics[f"stc_round{r + 1}"] = {**best, "coarse_map": coarse or cfg.map_size, "pseudo_faces": len(pseudo)}
-        write_json(metrics_path, metrics)
+        if rt.is_main:
+            write_json(metrics_path, metrics)
         teacher = stage / "best.pt"
     return metrics

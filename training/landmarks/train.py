@@ -4,13 +4,18 @@ Run folder: ``config.json`` (the resolved recipe), ``split.json`` (the validatio
 ``meta.json`` (the model's metadata: neighbour table, mean face), ``last.pt`` (written
 atomically every epoch), ``best.pt`` (lowest validation NME), ``metrics.jsonl`` (one line
 an epoch), ``metrics.json`` (summary), ``curves.png`` and ``ced.png``.
+
+Where it runs (:mod:`training.runtime`): ``device`` (``--device``), ``precision`` (the network
+under autocast, the loss in fp32) and ``channels_last`` from the recipe; under ``torchrun
+--nproc_per_node N`` each stage trains DistributedDataParallel with ``batch_size`` as the global
+batch, and rank 0 alone validates and writes the run folder (shared by every node). With one
+process on a CPU and the default fp32 a run computes exactly what it did before.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import sys
 import time
 from collections import Counter
@@ -32,19 +37,15 @@ from training.landmarks.evaluate import evaluate_labelled
 from training.landmarks.meta import landmark_meta
 from training.landmarks.model import PipNet
 from training.landmarks.targets import pipnet_loss
-from training.nn.runner import TorchRunner
-
-
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, payload) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
+from training.runtime import (  # noqa: F401  (atomic_save, write_json: importable from here as before)
+    DeviceRunner,
+    atomic_save,
+    is_main_process,
+    load_state,
+    setup,
+    use_channels_last,
+    write_json,
+)
 
 
 def labelled_300w(cfg: LandmarkTrainConfig, root=None) -> tuple[list[LandmarkSample], list[LandmarkSample]]:
@@ -63,8 +64,8 @@ def build_model(cfg: LandmarkTrainConfig) -> PipNet:
 
 
 def load_checkpoint(path: Path) -> tuple[PipNet, ModelMeta, dict]:
-    """A trained model, its metadata and the raw checkpoint dict."""
-    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    """A trained model (on the CPU, whatever device trained it), its metadata and the raw checkpoint dict."""
+    ckpt = load_state(path)
     cfg = from_dict(LandmarkTrainConfig, ckpt["config"], f"{path}:config")
     if cfg.backbone_options.get("pretrained"):  # the checkpoint holds every weight: no pretrained file needed
         cfg = dataclasses.replace(cfg, backbone_options={**cfg.backbone_options, "pretrained": False})
@@ -75,7 +76,7 @@ def load_checkpoint(path: Path) -> tuple[PipNet, ModelMeta, dict]:
 
 
 def validate(model: PipNet, meta: ModelMeta, val: list[LandmarkSample]) -> np.ndarray:
-    return evaluate_labelled(Landmarker(TorchRunner(model, meta)), [(s.image_path, s.points) for s in val])
+    return evaluate_labelled(Landmarker(DeviceRunner(model, meta)), [(s.image_path, s.points) for s in val])
 
 
 def fit(
@@ -87,17 +88,25 @@ def fit(
     epochs: int,
     milestones: tuple[int, ...],
 ) -> dict:
-    """Train a freshly initialised PIPNet for ``epochs``; resumes from ``stage_dir/last.pt``."""
-    stage_dir.mkdir(parents=True, exist_ok=True)
-    torch.set_num_threads(cfg.threads)
+    """Train a freshly initialised PIPNet for ``epochs``; resumes from ``stage_dir/last.pt``
+    (written on any device, by any number of processes). Under torchrun every process calls it."""
+    rt = setup(cfg.device, cfg.precision)
+    main = rt.is_main
+    if main:
+        stage_dir.mkdir(parents=True, exist_ok=True)
+    torch.set_num_threads(rt.threads(cfg.threads))
     neighbours = np.asarray(meta.extra["neighbours"])
     model = build_model(cfg)
     if cfg.init_from:
-        init = torch.load(cfg.init_from, map_location="cpu", weights_only=False)
+        init = load_state(cfg.init_from)
         try:
             model.load_state_dict(init["model"])
         except (KeyError, RuntimeError) as err:
             raise ValueError(f"init_from {cfg.init_from}: not a checkpoint of this architecture ({err})") from None
+    channels_last = use_channels_last(cfg.channels_last, rt.device, cpu_default=False)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    model.to(rt.device)
     trunk = list(model.backbone.parameters())
     trunk_ids = {id(p) for p in trunk}
     heads = [p for p in model.parameters() if id(p) not in trunk_ids]
@@ -105,41 +114,55 @@ def fit(
         [{"params": trunk, "lr": cfg.lr * cfg.backbone_lr_scale}, {"params": heads, "lr": cfg.lr}], lr=cfg.lr
     )
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=cfg.gamma)
+    scaler = rt.scaler()  # fp16 only; a pass-through otherwise
     start, best = 0, {"nme": float("inf")}
     last = stage_dir / "last.pt"
-    if last.exists():
-        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    if rt.broadcast(last.exists()):
+        if not last.exists():
+            raise FileNotFoundError(f"{last}: rank {rt.rank} cannot see rank 0's checkpoint (share the run folder)")
+        ckpt = load_state(last)  # on the CPU; load_state_dict copies onto the model's device
         model.load_state_dict(ckpt["model"])
-        opt.load_state_dict(ckpt["optimizer"])
+        opt.load_state_dict(ckpt["optimizer"])  # moves its state to the parameters' device
         sched.load_state_dict(ckpt["scheduler"])
         sched.milestones = Counter(milestones)  # the recipe's schedule, as it reads now, rules on resume
+        if scaler.is_enabled() and "scaler" in ckpt:
+            scaler.load_state_dict(ckpt["scaler"])
         start, best = ckpt["epoch"] + 1, ckpt["best"]
-        print(f"resuming {stage_dir} at epoch {start + 1}/{epochs} (best val NME {best['nme']:.4f})")
+        if main:
+            print(f"resuming {stage_dir} at epoch {start + 1}/{epochs} (best val NME {best['nme']:.4f})")
+    # Several processes: a batch of only pseudo-labelled faces in a coarse STC round leaves the
+    # offset heads out of the loss on that process, hence find_unused_parameters there.
+    coarse = any(s.coarse_factor != 1 for s in train_samples)
+    net = rt.wrap(model, find_unused_parameters=coarse)
     dataset = LandmarkDataset(train_samples, meta, neighbours, cfg.augment, seed=cfg.seed)
     log_path = stage_dir / "metrics.jsonl"
     for epoch in range(start, epochs):
         dataset.epoch = epoch
-        gen = torch.Generator().manual_seed(cfg.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(
+        loader = rt.epoch_loader(
             torch.utils.data.Subset(dataset, epoch_indices(cfg, train_samples, epoch)),
-            batch_size=cfg.batch_size,
-            shuffle=True,
-            drop_last=True,
-            generator=gen,
-            num_workers=cfg.workers,
-            persistent_workers=False,
+            cfg.batch_size,
+            epoch=epoch,
+            seed=cfg.seed,
+            workers=cfg.workers,
         )
-        model.train()
+        net.train()
         sums, t0 = {}, time.time()
         bar = tqdm(
             loader,
             desc=f"{stage_dir.name} epoch {epoch + 1}/{epochs}",
             leave=False,
             mininterval=2 if sys.stderr.isatty() else 30,
+            disable=not main,
         )
-        for batch in bar:
+        for i, batch in enumerate(bar):
+            batch = rt.to_device(batch)
+            image = batch["image"]
+            if channels_last:
+                image = image.contiguous(memory_format=torch.channels_last)
+            with rt.autocast():
+                outputs = net(image)
             losses = pipnet_loss(
-                model(batch["image"]),
+                tuple(o.float() for o in outputs),  # the loss in fp32 (a no-op for fp32 outputs)
                 batch["cell"],
                 batch["off"],
                 batch["nb_off"],
@@ -150,34 +173,49 @@ def fit(
                 nb_mask=batch["nb_mask"],
             )
             opt.zero_grad()
-            losses["total"].backward()
-            opt.step()
-            for k, v in losses.items():
-                sums[k] = sums.get(k, 0.0) + v.item()
-            bar.set_postfix(loss=f"{losses['total'].item():.4f}", refresh=False)
+            scaler.scale(losses["total"]).backward()
+            scaler.step(opt)
+            scaler.update()
+            for k, v in losses.items():  # float64 sums on the device (as exact as Python's floats), no sync
+                v = v.detach().double()
+                sums[k] = sums[k] + v if k in sums else v
+            if main and i % 10 == 0:
+                bar.set_postfix(loss=f"{losses['total'].item():.4f}", refresh=False)
         sched.step()
-        errors = validate(model, meta, val)
-        scores = summarise(errors).as_dict()
-        row = {
-            "epoch": epoch + 1,
-            "lr": opt.param_groups[-1]["lr"],
-            "faces": len(loader) * cfg.batch_size,
-            "seconds": round(time.time() - t0, 1),
-            **{f"loss_{k}": v / max(1, len(loader)) for k, v in sums.items()},
-            **{f"val_{k}": v for k, v in scores.items()},
-        }
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
-        print(json.dumps(row))
-        state = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta.to_dict()}
-        if scores["nme"] < best["nme"]:
-            best = {"nme": scores["nme"], "epoch": epoch + 1}
-            atomic_save({**state, "val": scores, "epoch": epoch}, stage_dir / "best.pt")
-        atomic_save(
-            {**state, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(), "epoch": epoch, "best": best},
-            last,
-        )
-    plot_curves(log_path, stage_dir / "curves.png")
+        means = rt.mean_over_processes(sums)
+        if main:
+            errors = validate(model, meta, val)
+            scores = summarise(errors).as_dict()
+            row = {
+                "epoch": epoch + 1,
+                "lr": opt.param_groups[-1]["lr"],
+                "faces": len(loader) * cfg.batch_size,
+                "seconds": round(time.time() - t0, 1),
+                **{f"loss_{k}": v / max(1, len(loader)) for k, v in means.items()},
+                **{f"val_{k}": v for k, v in scores.items()},
+            }
+            with open(log_path, "a") as fh:
+                fh.write(json.dumps(row) + "\n")
+            print(json.dumps(row))
+            state = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta.to_dict()}
+            if scores["nme"] < best["nme"]:
+                best = {"nme": scores["nme"], "epoch": epoch + 1}
+                atomic_save({**state, "val": scores, "epoch": epoch}, stage_dir / "best.pt")
+            extra = {"scaler": scaler.state_dict()} if scaler.is_enabled() else {}
+            atomic_save(
+                {
+                    **state,
+                    "optimizer": opt.state_dict(),
+                    "scheduler": sched.state_dict(),
+                    "epoch": epoch,
+                    "best": best,
+                    **extra,
+                },
+                last,
+            )
+        best = rt.broadcast(best)  # the others wait here while rank 0 validates and saves
+    if main:
+        plot_curves(log_path, stage_dir / "curves.png")
     return best
 
 
@@ -226,8 +264,12 @@ def plot_curves(log_path: Path, out: Path) -> None:
 
 
 def prepare_run(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None):
-    """Split, neighbour table, metadata; written to the run folder (kept on resume)."""
-    run_dir.mkdir(parents=True, exist_ok=True)
+    """Split, neighbour table, metadata; written to the run folder (kept on resume). Under
+    torchrun rank 0 writes; call it rank 0 first (``Runtime.main_first``) so the others read
+    rank 0's metadata and cached boxes."""
+    main = is_main_process()
+    if main:
+        run_dir.mkdir(parents=True, exist_ok=True)
     train, val = labelled_300w(cfg, data_root)
     meta_path = run_dir / "meta.json"
     if meta_path.exists():
@@ -235,9 +277,13 @@ def prepare_run(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None):
     else:
         mf = mean_face(train, cfg.input_size)
         meta = landmark_meta(cfg, neighbour_table(mf, cfg.num_nb), mf)
-        write_json(meta_path, meta.to_dict())
-    write_json(run_dir / "config.json", to_dict(cfg))
+        if main:
+            write_json(meta_path, meta.to_dict())
+    if main:
+        write_json(run_dir / "config.json", to_dict(cfg))
     cfp = cfp_fiducial_samples(cfg, run_dir, data_root)
+    if not main:
+        return train + cfp, val, meta
     write_json(
         run_dir / "split.json",
         {
@@ -261,7 +307,8 @@ def cfp_fiducial_samples(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None
     from edge.datasets.cfp_fiducials import fiducials_to_ibug68
     from training.landmarks.stc import detect_crop_boxes
 
-    run_dir.mkdir(parents=True, exist_ok=True)
+    if is_main_process():
+        run_dir.mkdir(parents=True, exist_ok=True)
     ids = [i for f in cfg.cfp_folds for i in fold_identities(f)]
     photos = cfp_photos(None if data_root is None else Path(data_root) / "cfp", identities=ids)
     boxes = detect_crop_boxes([p.image_path for p in photos], run_dir / "cfp_boxes.json", cfg.cfp_min_detection_score)
@@ -277,7 +324,10 @@ def cfp_fiducial_samples(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None
 
 
 def train_supervised(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None) -> dict:
-    train, val, meta = prepare_run(cfg, run_dir, data_root)
+    rt = setup(cfg.device, cfg.precision)
+    with rt.main_first():
+        train, val, meta = prepare_run(cfg, run_dir, data_root)
     best = fit(cfg, meta, train, val, run_dir / "supervised", cfg.epochs, cfg.milestones)
-    write_json(run_dir / "metrics.json", {"supervised": best})
+    if rt.is_main:
+        write_json(run_dir / "metrics.json", {"supervised": best})
     return best
