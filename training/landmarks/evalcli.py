@@ -91,14 +91,6 @@ def split_faces(part: str, root=None) -> list[tuple[Path, np.ndarray]]:
     return [(face.image_path, load_landmarks(face)) for face in {"train": train, "val": val}[part]]
 
 
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    w = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-    h = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
-    inter = w * h
-    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
-    return float(inter / union) if union > 0 else 0.0
-
-
 # A detection is the labelled face when its crop box overlaps the ground truth's landmark crop box
 # at least this much (both boxes drawn by the same crop policy, so a hit overlaps far more).
 MATCH_IOU = 0.3
@@ -113,6 +105,7 @@ def predict_from_detector(
     from tqdm import tqdm
 
     from edge.detect import build_detector
+    from edge.detect.base import box_iou
     from edge.faces import face_landmarks
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP, landmark_crop_box
 
@@ -122,8 +115,8 @@ def predict_from_detector(
         image = read_image_bgr(path)
         target = landmark_crop_box(gt)
         boxes = [BLAZEFACE_SHORT_CROP.crop_box(d.box) for d in detector.detect(image)]
-        overlaps = [_iou(b, target) for b in boxes]
-        if not boxes or max(overlaps) < MATCH_IOU:
+        overlaps = box_iou(target, np.array(boxes))
+        if not boxes or overlaps.max() < MATCH_IOU:
             missed += 1
             preds.append(np.full((68, 2), np.nan))
             continue
