@@ -152,6 +152,16 @@ def largest(detections):
     return max(detections, key=lambda d: float((d.box[2] - d.box[0]) * (d.box[3] - d.box[1])))
 
 
+def largest_face_landmarks(image: np.ndarray, detector, crop_policy, landmarker, refine: int | None = None):
+    """(68, 2) landmarks of a photo's largest detected face through the device chain (crop policy,
+    the landmark model's re-crops unless ``refine`` says otherwise), or None when no face is found."""
+    det = largest(detector.detect(image))
+    if det is None:
+        return None
+    refine = device_refine(landmarker) if refine is None else refine
+    return face_landmarks(image, [crop_policy.crop_box(det.box)], landmarker, refine=refine)[0]
+
+
 def prepare_largest_face(
     image: np.ndarray, detector, crop_policy, landmarker, spec: AlignmentSpec, refine: int | None = None
 ):

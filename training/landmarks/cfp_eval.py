@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
 from edge.datasets.cfp_fiducials import fiducials_to_ibug68
-from edge.faces import device_refine, face_landmarks, largest
+from edge.faces import device_refine, largest_face_landmarks
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 
@@ -86,11 +86,10 @@ def cfp_landmark_errors(
         per_photo, per_point, no_face = [], [], 0
         for photo in tqdm(photos, disable=not progress, desc=f"CFP {view}", mininterval=5):
             image = read_image_bgr(photo.image_path)
-            det = largest(detector.detect(image))
-            if det is None:
+            pred = largest_face_landmarks(image, detector, BLAZEFACE_SHORT_CROP, landmarker, refine)
+            if pred is None:
                 no_face += 1
                 continue
-            pred = face_landmarks(image, [BLAZEFACE_SHORT_CROP.crop_box(det.box)], landmarker, refine=refine)[0]
             err = photo_errors(pred, read_fiducials(photo.fiducials_path), view)
             per_point.append(err)
             per_photo.append(float(np.nanmean(err)))

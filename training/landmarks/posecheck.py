@@ -14,7 +14,7 @@ from tqdm import tqdm
 
 from edge.datasets.cfp import cfp_photos, fold_identities
 from edge.detect.registry import build_detector
-from edge.faces import device_refine, face_landmarks, largest
+from edge.faces import largest_face_landmarks
 from edge.geometry.headpose import head_pose
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
@@ -30,15 +30,13 @@ def photo_yaws(
     """|yaw| in degrees per photo from the device chain (its largest face, ``refine`` re-crops);
     None where no face was found."""
     detector = detector or build_detector({"type": "blazeface", "range": "short"})
-    refine = device_refine(landmarker) if refine is None else refine
     out: list[float | None] = []
     for photo in tqdm(photos, disable=not progress, desc="pose check", mininterval=5):
         image = read_image_bgr(photo.image_path)
-        det = largest(detector.detect(image))
-        if det is None:
+        pts = largest_face_landmarks(image, detector, BLAZEFACE_SHORT_CROP, landmarker, refine)
+        if pts is None:
             out.append(None)
             continue
-        pts = face_landmarks(image, [BLAZEFACE_SHORT_CROP.crop_box(det.box)], landmarker, refine=refine)[0]
         out.append(abs(head_pose(pts, (image.shape[1], image.shape[0])).yaw))
     return out
 
