@@ -6,7 +6,7 @@ policy -> the shipped PIPNet (ONNX Runtime) -> numpy decoder -> head pose. Photo
 against their ground truth (on a photo of several faces, the face the truth marks). Writes
 ``<out>/landmarks_demo.png`` and ``<out>/landmarks_demo.json``.
 
-    python -m edge.demo [--out out/demo] [--model edge/models/landmarks/pipnet_light.onnx]
+    python -m edge.demo [--out out/demo] [--model edge/models/landmarks/pipnet_light_cfp.onnx]
 """
 
 from __future__ import annotations
@@ -30,8 +30,9 @@ from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 from edge.landmarks.landmarker import Landmarker
 from edge.metrics.landmarks import nme
 from edge.runtime.runner import load_model
+from edge.shipped import SHIPPED_LANDMARKS
 
-DEFAULT_MODEL = Path(__file__).parent / "models" / "landmarks" / "pipnet_light.onnx"
+DEFAULT_MODEL = SHIPPED_LANDMARKS
 
 
 def demo_photos(root: Path, val_count: int = 5) -> list[Path]:

@@ -103,7 +103,7 @@ def test_pipeline_label_comes_from_metadata_not_the_file_name(tmp_path):
     renamed = []
     for model in (SHIPPED_LANDMARKS, SHIPPED_IDENTITY_MFN):
         int8 = variant_path(model, "onnx", "int8")
-        target = tmp_path / model.name  # e.g. pipnet_light.onnx holding the int8 model
+        target = tmp_path / model.name  # e.g. pipnet_light_cfp.onnx holding the int8 model
         shutil.copy(int8, target)
         shutil.copy(meta_path_for(int8), meta_path_for(target))
         renamed.append(target)
@@ -111,8 +111,8 @@ def test_pipeline_label_comes_from_metadata_not_the_file_name(tmp_path):
     (row,) = bench_pipeline(1, 1, 2, [tuple(renamed)], images=frames)
     assert row["variant"] == "onnx int8" and row["precision"] == "int8"
     assert row["models"]["landmarks"]["file"] == str(renamed[0])
-    with pytest.raises(ValueError, match="'onnx fp32'.*pipnet_light_int8.onnx.*'onnx int8'") as err:
-        lm_int8 = variant_path(SHIPPED_LANDMARKS, "onnx", "int8")
+    lm_int8 = variant_path(SHIPPED_LANDMARKS, "onnx", "int8")
+    with pytest.raises(ValueError, match=rf"'onnx fp32'.*{lm_int8.stem}\.onnx.*'onnx int8'") as err:
         bench_pipeline(1, 1, 2, [("onnx fp32", lm_int8, variant_path(SHIPPED_IDENTITY_MFN, "onnx", "int8"))], frames)
     assert "\n" not in str(err.value)
 
@@ -132,8 +132,8 @@ def test_pipeline_report_json_records_the_cpu_and_the_files(real_data, tmp_path,
     report = json.loads(out.read_text())
     assert report["cpu"] == bench.cpu_model() and report["cpu"]
     assert [(r["variant"], Path(r["landmarks"]).name, Path(r["identity"]).name) for r in report["rows"]] == [
-        ("onnx fp32", "pipnet_light.onnx", "poseface_mfn.onnx"),
-        ("onnx int8", "pipnet_light_int8.onnx", "poseface_mfn_int8.onnx"),
+        ("onnx fp32", SHIPPED_LANDMARKS.name, "poseface_mfn.onnx"),
+        ("onnx int8", lm_int8.name, "poseface_mfn_int8.onnx"),
     ]
     for row in report["rows"]:
         for role in ("landmarks", "identity"):

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 from edge.landmarks.landmarker import Landmarker
 from edge.runtime.runner import load_model
+from edge.shipped import SHIPPED_LANDMARKS
 
-MODEL = Path(__file__).resolve().parents[1] / "edge" / "models" / "landmarks" / "pipnet_light.onnx"
+MODEL = SHIPPED_LANDMARKS
 
 
 def test_shipped_model_loads_with_its_metadata():

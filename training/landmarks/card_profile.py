@@ -3,11 +3,12 @@
     python -m training.landmarks card --run RUN --model edge/models/landmarks/X.onnx --out CARD.md \
         --w300 "label=REPORT.json" ... --cfp "label=REPORT.json" ... --pose "label=REPORT.json" ... \
         [--identity "label=REPORT.json" ...] [--compare "label=RUN" ...] [--latency BENCH.json] \
-        [--dlib REPORT.json]
+        [--recipe CONFIG.toml] [--intro TEXT.md]
 
 Every number comes from a report that a CLI wrote (``training.landmarks eval`` in its 300-W and CFP
-modes, ``training.landmarks posecheck``, ``training.identity eval``, ``edge.bench --pipeline``); the
-labels are the caller's. Nothing is copied by hand, so the card can be written again from new runs.
+modes, ``training.landmarks.baseline_dlib eval`` as a 300-W row, ``training.landmarks posecheck``,
+``training.identity eval``, ``edge.bench --pipeline``); the labels are the caller's. Nothing is
+copied by hand, so the card can be written again from new runs.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def _pose_rows(reports: list[tuple[str, dict]]) -> list[str]:
     for label, r in reports:
         f, p = r["frontal"], r["profile"]
         lines.append(
-            f"| {label} | {r['folds']} | {r.get('refine', 1)} | {_fmt(f['share_abs_yaw_le_20'], 3)} | "
+            f"| {label} | {r['folds']} | {r.get('refine', '-')} | {_fmt(f['share_abs_yaw_le_20'], 3)} | "
             f"{_fmt(p['share_abs_yaw_ge_45'], 3)} | {p['abs_yaw_percentiles_10_50_90']} | "
             f"{f['no_face']}/{p['no_face']} |"
         )
@@ -111,8 +112,10 @@ def _compare_rows(runs: list[tuple[str, Path]]) -> list[str]:
         cfg = from_dict(LandmarkTrainConfig, cfg_d, str(run / "config.json"))
         rows = [json.loads(x) for x in (run / "supervised" / "metrics.jsonl").read_text().splitlines() if x.strip()]
         best = min(rows, key=lambda r: r["val_nme"])
-        start = f"`{Path(cfg.init_from).name}`" if cfg.init_from else (
-            "dlib's weights" if cfg.backbone_options.get("pretrained") else "random"
+        start = (
+            f"`{Path(cfg.init_from).name}`"
+            if cfg.init_from
+            else ("dlib's weights" if cfg.backbone_options.get("pretrained") else "random")
         )
         lines.append(
             f"| {label} | `{cfg.backbone}` {dict(cfg.backbone_options)} | {cfg.input_size} | "
@@ -125,19 +128,34 @@ def _compare_rows(runs: list[tuple[str, Path]]) -> list[str]:
 
 def _latency_rows(bench: dict) -> list[str]:
     lines = [
-        "| row | landmark file | re-crops | landmark stage p50 / p90 ms | whole face p50 ms | landmark stage ratio |",
+        "| row | landmark file | re-crops | landmark stage p50 / p90 ms | whole face p50 ms |"
+        " landmark stage ratio (to the row's first file) |",
         "|---|---|---|---|---|---|",
     ]
-    base = None
+    bases: dict[str, float] = {}  # the first row of each variant (runtime and precision) is its base
     for r in bench.get("rows", []):
         stage = r.get("stages", {}).get("landmarks", {})
         lm = stage.get("p50_ms")
-        base = base if base is not None else lm
+        base = bases.setdefault(r.get("variant", "-"), lm) if lm else None
         ratio = _fmt(lm / base, 2) if lm and base else "-"
         lines.append(
             f"| {r.get('variant', '-')} | {Path(str(r.get('landmarks', '-'))).name} | {r.get('refine', '-')} | "
             f"{_fmt(lm, 2)} / {_fmt(stage.get('p90_ms'), 2)} | {_fmt(r.get('per_face_p50_ms'), 2)} | {ratio} |"
         )
+    return lines
+
+
+def _mapping_rows() -> list[str]:
+    """The CFP fiducial -> iBUG-68 table as the code holds it (edge.datasets.cfp_fiducials)."""
+    from edge.datasets.cfp_fiducials import FRONTAL_TO_IBUG68, PROFILE_TO_IBUG68
+
+    groups = {"jaw": range(0, 9), "brow": range(9, 12), "eye": range(12, 18), "nose bridge": range(18, 22)}
+    groups |= {"nose base": range(22, 25), "mouth": range(25, 30)}
+    lines = ["| CFP points | what | frontal -> iBUG-68 | profile -> iBUG-68 |", "|---|---|---|---|"]
+    tables = (FRONTAL_TO_IBUG68, PROFILE_TO_IBUG68)
+    for name, idx in groups.items():
+        cells = [", ".join("-" if t[i] is None else str(t[i]) for i in idx) for t in tables]
+        lines.append(f"| {idx.start}-{idx.stop - 1} | {name} | {cells[0]} | {cells[1]} |")
     return lines
 
 
@@ -152,6 +170,7 @@ def write_profile_card(
     compare: list[tuple[str, Path]] = (),
     latency: dict | None = None,
     intro: str = "",
+    recipe: str | None = None,
 ) -> None:
     cfg = json.loads((run / "config.json").read_text())
     split = json.loads((run / "split.json").read_text())
@@ -184,6 +203,12 @@ def write_profile_card(
         "- CFP fold 8 is this recipe's profile validation split; **fold 9 is never trained on** and is where the"
         " numbers below are reported.",
         "",
+        "## The fiducial mapping (`edge.datasets.cfp_fiducials`, tested in `tests/test_cfp_fiducials.py`)",
+        "Written for the subject's right side (a frontal photo's marked half; a profile facing image right);"
+        " on the other side each index is its mirror (`MIRROR_68`). `-`: no twin, no gradient.",
+        "",
+        *_mapping_rows(),
+        "",
         "## Recipe",
         f"- Backbone `{cfg['backbone']}` {cfg['backbone_options']}, input {cfg['input_size']};"
         + (f" started from `{cfg['init_from']}`." if cfg.get("init_from") else ""),
@@ -192,7 +217,7 @@ def write_profile_card(
         f" {cfg.get('cfp_per_epoch') or 'all'} CFP faces drawn afresh, profiles at"
         f" {cfg.get('cfp_profile_share') or 'their natural'} share.",
         f"- Augmentation: {cfg['augment']}.",
-        f"- Recipe file: `training/landmarks/configs/{run.name}.toml` (run folder `{run}`).",
+        f"- Recipe file: `{recipe or f'training/landmarks/configs/{run.name}.toml'}`.",
         "",
     ]
     if compare:
@@ -239,15 +264,19 @@ def write_profile_card(
             *_latency_rows(latency),
             "",
         ]
+    recipe = recipe or f"training/landmarks/configs/{run.name}.toml"
     lines += [
-        "Reproduce: `python -m training.landmarks train --config training/landmarks/configs/"
-        f"{run.name}.toml --out RUN`; export with `python -m training.landmarks export --checkpoint"
+        "Reproduce: `python -m training.landmarks train --config "
+        f"{recipe} --out RUN`; export with `python -m training.landmarks export --checkpoint"
         f" RUN/supervised/best.pt --out {model.name} --refine {meta['extra'].get('refine', 1)}`.",
         f"Score on your own data: `python -m training.landmarks eval --model {model} --images DIR`"
         " (add `--boxes detector`), or a CFP-layout root: `--cfp-root DIR --folds LIST`.",
         "",
         "Licence: Apache-2.0 (our weights; trained on research-only datasets, see ../shared/data/README.md)."
-        + (" The trunk starts from dlib's CC0 face-recognition ResNet (see the identity card for origin"
-           " and checksum)." if cfg["backbone"] == "dlib_resnet" else ""),
+        + (
+            " The trunk starts from dlib's CC0 face-recognition ResNet (see the identity card for origin and checksum)."
+            if cfg["backbone"] == "dlib_resnet"
+            else ""
+        ),
     ]
     out.write_text("\n".join(lines) + "\n")
