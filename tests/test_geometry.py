@@ -14,7 +14,14 @@ from edge.geometry.align import (
     estimate_similarity,
     transform_points,
 )
-from edge.geometry.headpose import angles_from_rotation, camera_matrix, head_pose, mean_face_3d
+from edge.geometry.headpose import (
+    POSE_POINTS,
+    angles_from_rotation,
+    camera_matrix,
+    head_pose,
+    head_pose_of_known_points,
+    mean_face_3d,
+)
 from tests.conftest import real_subset
 
 
@@ -112,6 +119,20 @@ def test_head_pose_rejects_bad_landmarks():
     bad[3, 0] = np.nan
     with pytest.raises(ValueError, match="NaN"):
         head_pose(bad, (640, 480))
+
+
+def test_head_pose_of_known_points_fits_what_is_known():
+    """NaN points are left out of the fit: the visible half of a turned face still gives its yaw;
+    on a full set it is head_pose; too few known pose points is a one-line error."""
+    full = _project(40, 5, 0)
+    assert head_pose_of_known_points(full, (640, 480)).yaw == pytest.approx(head_pose(full, (640, 480)).yaw)
+    half = full.copy()
+    half[list(lm.EYE_IMAGE_RIGHT) + list(range(22, 27)) + [54]] = np.nan  # the face's far side unknown
+    assert head_pose_of_known_points(half, (640, 480)).yaw == pytest.approx(40, abs=0.5)
+    few = np.full((68, 2), np.nan)
+    few[list(POSE_POINTS)[:5]] = full[list(POSE_POINTS)[:5]]
+    with pytest.raises(ValueError, match="5 of the pose points are known, expected at least 6"):
+        head_pose_of_known_points(few, (640, 480))
 
 
 @pytest.fixture(scope="module")

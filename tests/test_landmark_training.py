@@ -205,6 +205,27 @@ def test_eval_cli_scores_cfp_photos_and_names_absent_folds(real_data, tmp_path):
     assert "jaw" not in report["profile"]["nme_by_group"] or report["profile"]["nme_by_group"]["jaw"] > 0
 
 
+def test_posecheck_reads_yaw_from_the_fiducials_without_a_model(real_data, tmp_path):
+    """`posecheck --fiducials`: the head-pose fit on CFP's hand-marked points, per view; a model and
+    --fiducials together are refused."""
+    import subprocess
+    import sys
+
+    root = _tiny_cfp(real_subset(real_data, "cfp"), tmp_path / "cfp")
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "training.landmarks", "posecheck", "--cfp-root", str(root), "--folds", "9"]
+    out = subprocess.run(cmd + ["--fiducials", "--model", "x.onnx"], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "not allowed with" in out.stderr
+    report_path = tmp_path / "pose.json"
+    subprocess.run(cmd + ["--fiducials", "--json", str(report_path)], check=True, capture_output=True, cwd=repo)
+    report = json.loads(report_path.read_text())
+    assert report["points"].startswith("CFP fiducials")
+    assert report["frontal"]["photos"] == 2 and report["frontal"]["no_face"] == 0
+    assert 0 <= report["frontal"]["share_abs_yaw_le_20"] <= 1 and 0 <= report["profile"]["share_abs_yaw_ge_45"] <= 1
+    frontal, profile = (min(report[v]["abs_yaw_percentiles_10_50_90"]) for v in ("frontal", "profile"))
+    assert profile > frontal  # the least turned profile reads more turned than the least turned frontal
+
+
 def test_cfp_fiducials_train_as_partial_labels(real_data, tmp_path):
     """CFP photos join training with their mapped fiducials only: NaN elsewhere, masked in the
     loss; cropped from the detector's box; fold 9 refused."""
@@ -313,8 +334,12 @@ def test_eval_cli_runs_the_device_chain_from_detector_boxes(real_data, tmp_path)
     for refine in (0, 1):
         out = tmp_path / f"r{refine}.json"
         cmd = [sys.executable, "-m", "training.landmarks", "eval", "--model", str(model), "--images", str(folder)]
-        subprocess.run(cmd + ["--boxes", "detector", "--refine", str(refine), "--json", str(out)], check=True,
-                       capture_output=True, cwd=repo)
+        subprocess.run(
+            cmd + ["--boxes", "detector", "--refine", str(refine), "--json", str(out)],
+            check=True,
+            capture_output=True,
+            cwd=repo,
+        )
         reports[refine] = json.loads(out.read_text())
     for refine, r in reports.items():
         assert r["boxes"] == "detector" and r["refine"] == refine and r["count"] == 3

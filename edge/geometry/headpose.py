@@ -83,7 +83,22 @@ def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> HeadPose:
         raise ValueError(f"head_pose: landmarks: expected shape (68, 2), got {points.shape}")
     if not np.isfinite(points).all():
         raise ValueError("head_pose: landmarks contain NaN or infinity")
-    idx = list(POSE_POINTS)
+    return _fit(points, list(POSE_POINTS), image_size)
+
+
+def head_pose_of_known_points(points68: np.ndarray, image_size: tuple[int, int], min_points: int = 6) -> HeadPose:
+    """Head pose from a partial (68, 2) set, NaN where a point is unknown (hand-marked points
+    mapped to the 68 scheme, e.g. CFP's fiducials): the fit uses the POSE_POINTS that are known."""
+    points = np.asarray(points68, dtype=np.float64)
+    if points.shape != (lm.NUM_POINTS, 2):
+        raise ValueError(f"head_pose: landmarks: expected shape (68, 2), got {points.shape}")
+    idx = [i for i in POSE_POINTS if np.isfinite(points[i]).all()]
+    if len(idx) < min_points:
+        raise ValueError(f"head_pose: {len(idx)} of the pose points are known, expected at least {min_points}")
+    return _fit(points, idx, image_size)
+
+
+def _fit(points: np.ndarray, idx: list[int], image_size: tuple[int, int]) -> HeadPose:
     object_points = mean_face_3d()[idx]
     image_points = points[idx]
     cam = camera_matrix(image_size)

@@ -130,7 +130,9 @@ def cmd_export(args) -> int:
     from training.landmarks.export import export_onnx
 
     accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
-    out = export_onnx(args.checkpoint, args.out, decoder=args.decoder, accuracy=accuracy, refine=args.refine)
+    out = export_onnx(
+        args.checkpoint, args.out, decoder=args.decoder, accuracy=accuracy, notes=args.notes, refine=args.refine
+    )
     print(f"wrote {out} and {out.with_suffix('.json')}")
     return 0
 
@@ -140,6 +142,10 @@ def cmd_posecheck(args) -> int:
     from training.landmarks.evalcli import load_landmarker
     from training.landmarks.posecheck import pose_check
 
+    if args.fiducials:  # the head-pose fit on the photos' hand-marked points: no model
+        report = {"points": "CFP fiducials mapped to iBUG-68 (known pose points only)"}
+        _write({**report, **pose_check(None, args.cfp_root, parse_folds(args.folds))}, args.json)
+        return 0
     landmarker = load_landmarker(args.model, args.threads)
     refine = _refine(args, landmarker)
     report = {
@@ -174,6 +180,7 @@ def cmd_card(args) -> int:
         compare=compare,
         latency=json.loads(args.latency.read_text()) if args.latency else None,
         intro=args.intro.read_text().strip() if args.intro else "",
+        recipe=args.recipe,
     )
     print(f"wrote {args.out}")
     return 0
@@ -227,13 +234,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True, help="output .onnx path")
     p.add_argument("--decoder", choices=["numpy", "graph"], default="numpy")
     p.add_argument("--accuracy", type=Path, help="JSON of measured numbers to record in the metadata")
+    p.add_argument("--notes", help="how those numbers were measured (metadata extra.accuracy_notes)")
     p.add_argument(
         "--refine", type=int, default=None, help="re-crops the device makes with this model (metadata extra.refine)"
     )
     p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("posecheck", help="yaw from our landmarks on CFP frontal/profile photos")
-    p.add_argument("--model", type=Path, required=True)
+    what = p.add_mutually_exclusive_group(required=True)
+    what.add_argument("--model", type=Path)
+    what.add_argument(
+        "--fiducials", action="store_true", help="read yaw from the photos' hand-marked CFP fiducials instead"
+    )
     p.add_argument("--cfp-root", type=Path, default=None, help="CFP-layout folder (default: the data root's cfp/)")
     p.add_argument("--folds", default="1-9")
     p.add_argument(
@@ -257,6 +269,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--compare", action="append", default=[], metavar="LABEL=RUN", help="architecture arms")
     p.add_argument("--latency", type=Path, help="edge.bench --pipeline --landmarks ... JSON")
     p.add_argument("--intro", type=Path, help="a text file: the card's summary paragraph")
+    p.add_argument("--recipe", help="the recipe file the run was trained from (default: configs/<run name>.toml)")
     p.set_defaults(func=cmd_card)
 
     args = parser.parse_args(argv)

@@ -12,10 +12,11 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
-from edge.datasets.cfp import cfp_photos, fold_identities
+from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
+from edge.datasets.cfp_fiducials import fiducials_to_ibug68
 from edge.detect.registry import build_detector
 from edge.faces import largest_face_landmarks
-from edge.geometry.headpose import head_pose
+from edge.geometry.headpose import head_pose, head_pose_of_known_points
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 from edge.landmarks.landmarker import Landmarker
@@ -41,12 +42,30 @@ def photo_yaws(
     return out
 
 
-def pose_check(landmarker: Landmarker, cfp_root, folds, progress: bool = True, refine: int | None = None) -> dict:
+def fiducial_yaws(photos, progress: bool = True) -> list[float]:
+    """|yaw| in degrees per photo from its hand-marked CFP fiducials (mapped to the 68 scheme,
+    the pose points CFP marks), through the same head-pose fit as the device's landmarks."""
+    out = []
+    for photo in tqdm(photos, disable=not progress, desc="pose check (fiducials)", mininterval=5):
+        points, _ = fiducials_to_ibug68(read_fiducials(photo.fiducials_path), photo.view)
+        height, width = read_image_bgr(photo.image_path).shape[:2]
+        out.append(abs(head_pose_of_known_points(points, (width, height)).yaw))
+    return out
+
+
+def pose_check(
+    landmarker: Landmarker | None, cfp_root, folds, progress: bool = True, refine: int | None = None
+) -> dict:
+    """The pose check through the device chain, or with ``landmarker=None`` on the photos'
+    hand-marked fiducials (what the head-pose fit reads from true points)."""
     ids = [i for f in folds for i in fold_identities(f)]
     report: dict = {"folds": list(folds)}
     for view in ("frontal", "profile"):
         photos = cfp_photos(cfp_root, identities=ids, views=(view,))
-        yaws = photo_yaws(landmarker, photos, progress=progress, refine=refine)
+        if landmarker is None:
+            yaws = fiducial_yaws(photos, progress=progress)
+        else:
+            yaws = photo_yaws(landmarker, photos, progress=progress, refine=refine)
         found = np.array([y for y in yaws if y is not None])
         ok = (found <= FRONTAL_MAX_YAW) if view == "frontal" else (found >= PROFILE_MIN_YAW)
         key = f"share_abs_yaw_le_{FRONTAL_MAX_YAW:g}" if view == "frontal" else f"share_abs_yaw_ge_{PROFILE_MIN_YAW:g}"
