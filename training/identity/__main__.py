@@ -100,7 +100,8 @@ def cmd_eval(args) -> int:
             "thresholds must come from other folds"
         )
     ev.check_folds(root, [args.test_fold, *calib])
-    landmarker = load_landmarker(Path(args.landmark_model) if args.landmark_model else ev.default_landmark_model())
+    landmark_model = Path(args.landmark_model) if args.landmark_model else ev.default_landmark_model()
+    landmarker = load_landmarker(landmark_model)
     t0 = time.time()
     if args.model == "dlib":
         from training.identity.baseline_dlib import DlibFaceRecognizer
@@ -120,6 +121,8 @@ def cmd_eval(args) -> int:
         "cfp_root": str(root),
         "boxes": args.boxes,
         "flip": args.flip,
+        "landmark_model": str(landmark_model),
+        "landmark_refine": landmarker.refine,
         **report,
         "seconds": round(time.time() - t0, 1),
     }
