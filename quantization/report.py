@@ -31,6 +31,7 @@ import numpy as np
 
 from edge.runtime import load_model
 from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
+from training.identity.card import CARD_BEGIN, CARD_END
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "edge" / "models"
@@ -419,10 +420,6 @@ def summary_markdown(report: dict) -> str:
             notes = "; ".join(row["verdict_notes"])
             lines.append(f"- {task} {name} ({row['file']}): **{row['verdict']}**" + (f": {notes}" if notes else ""))
     return "\n".join(lines) + "\n"
-
-
-CARD_BEGIN = "<!-- quantization report: begin (written by python -m quantization.report --cards) -->"
-CARD_END = "<!-- quantization report: end -->"
 
 
 def card_section(report: dict, task: str) -> str:

@@ -143,8 +143,9 @@ def test_zero_epochs_keeps_the_imported_network(orl_chips, tmp_path):
 def test_guarded_finetune_trains_resumes_and_exports(orl_chips, tmp_path):
     from edge.faces import alignment_for
     from edge.runtime.runner import load_model
+    from training.identity.checkpoint import load_checkpoint
     from training.identity.export import export_onnx
-    from training.identity.train import load_checkpoint, train
+    from training.identity.train import train
 
     run = tmp_path / "ft"
     cfg = _orl_dlib(orl_chips, head="paa", pose_weight=1.0, orthogonality_weight=0.1, regularface_weight=1.0)
@@ -252,8 +253,7 @@ def _eval_report(boxes, flip, ff, fp, fp_profile):
 
 
 def test_card_sections_say_what_was_measured(tmp_path):
-    from quantization.report import CARD_BEGIN, CARD_END
-    from training.identity.card import write_card_text
+    from training.identity.card import CARD_BEGIN, CARD_END, write_card_text
     from training.identity.finetune_card import demo_section, landmark_cost_lines, student_section
 
     # the quantization report's section survives a rewrite of the card; nothing else of the old text does

@@ -279,7 +279,7 @@ def load_embedder(model: Path, threads: int = 1):
     if not model.exists():
         raise FileNotFoundError(f"--model {model}: no such file")
     if model.suffix == ".pt":
-        from training.identity.train import load_checkpoint
+        from training.identity.checkpoint import load_checkpoint
         from training.nn.runner import TorchRunner
 
         net, meta, _ = load_checkpoint(model)

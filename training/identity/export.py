@@ -14,7 +14,7 @@ import torch
 
 from edge.runtime.meta import file_sha256, save_meta
 from edge.runtime.runner import load_model
-from training.identity.train import load_checkpoint
+from training.identity.checkpoint import load_checkpoint
 
 TOLERANCE = 1e-4
 
