@@ -189,7 +189,7 @@ r = load_model(sys.argv[1], threads=1)
 x = np.zeros((1, *r.input_shape[1:]), np.float32)
 for _ in range(20):
     r.run(x)
-from edge.bench import rss_mib
+from edge.tools.bench import rss_mib
 print(rss_mib("VmHWM"))
 """
 
@@ -231,7 +231,7 @@ def onnx_kernel_ms(path: Path, runs: int) -> float:
 def speed_rows(files: dict[str, Path], runs: int) -> dict:
     """Latency of every file at 1 thread and at all cores; every runtime's files interleaved in
     one run, so the ratio to its fp32 file is measured side by side."""
-    from edge.bench import bench
+    from edge.tools.bench import bench
 
     names = list(files)
     out = {name: {"size_kib": round(files[name].stat().st_size / 1024, 1)} for name in names}

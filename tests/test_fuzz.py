@@ -1,4 +1,4 @@
-"""Hostile input is refused clearly: the fuzzing harness (edge.fuzz) and what it finds.
+"""Hostile input is refused clearly: the fuzzing harness (edge.tools.fuzz) and what it finds.
 
 One run of every target at a modest example count (a few seconds on one core), shared by the
 tests below; then the harness itself, on fake targets, so a harness that could not fail would.
@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("hypothesis")
 
-from edge.fuzz import TARGETS, Target, classify, is_one_line, run_fuzz  # noqa: E402
+from edge.tools.fuzz import TARGETS, Target, classify, is_one_line, run_fuzz  # noqa: E402
 
 EXAMPLES = 100
 REPO = Path(__file__).resolve().parents[1]
@@ -151,9 +151,9 @@ def test_edge_fuzz_imports_without_hypothesis():
         "        if name.split('.')[0] == 'hypothesis':\n"
         "            raise ImportError('hypothesis blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import edge.fuzz\n"
+        "import edge.tools.fuzz\n"
         "assert 'hypothesis' not in sys.modules\n"
-        "print(len(edge.fuzz.TARGETS))\n"
+        "print(len(edge.tools.fuzz.TARGETS))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]

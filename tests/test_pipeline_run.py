@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.calibrate import calibrate_scores, dense_probe_pairs
+from edge.tools.calibrate import calibrate_scores, dense_probe_pairs
 from edge.tracker import Observation, Tracker
 
 REPO = Path(__file__).resolve().parents[1]
@@ -254,7 +254,7 @@ def test_edge_run_refuses_bad_input_with_one_line(tmp_path):
 
 
 def test_demo_people_reports_rates_and_writes_a_contact_sheet(real_data, identity_model, tmp_path):
-    from edge import demo_people
+    from edge.tools import demo_people
 
     model = identity_model
     meta = json.loads(Path(model).with_suffix(".json").read_text())
@@ -297,9 +297,9 @@ def test_demo_people_reports_rates_and_writes_a_contact_sheet(real_data, identit
 
 
 def test_bench_pipeline_reports_every_stage(real_data, identity_model):
-    from edge.bench import bench_pipeline, format_pipeline
     from edge.config import SHIPPED_LANDMARKS
     from edge.pipeline import STAGES
+    from edge.tools.bench import bench_pipeline, format_pipeline
 
     rows = bench_pipeline(4, 1, 5, [("onnx fp32", SHIPPED_LANDMARKS, Path(identity_model))])
     assert rows[0]["frames"] == 4 and rows[0]["faces"] >= 3

@@ -30,8 +30,9 @@ from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 from edge.landmarks.landmarker import Landmarker
 from edge.metrics.landmarks import nme
 from edge.runtime.runner import load_model
+from edge.shipped import SHIPPED_LANDMARKS
 
-DEFAULT_MODEL = Path(__file__).parent / "models" / "landmarks" / "pipnet_light.onnx"
+DEFAULT_MODEL = SHIPPED_LANDMARKS
 
 
 def demo_photos(root: Path, val_count: int = 5) -> list[Path]:

@@ -34,7 +34,7 @@ Runs are deterministic for a given ``seed`` and Hypothesis version (no example d
 shrinking: a crash is reported as generated). Hypothesis is imported only inside the functions
 that need it: a device without it still imports this module, like the rest of ``edge/``.
 
-``python -m edge.fuzz [--examples 200] [--seed 0] [--target NAME ...]`` prints the report as
+``python -m edge.tools.fuzz [--examples 200] [--seed 0] [--target NAME ...]`` prints the report as
 JSON; exit code 1 when anything crashed.
 """
 
@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # edge/: a crash's own frames are the package's
 REPO_DIR = PACKAGE_DIR.parent
 IDENTITY_MODELS = PACKAGE_DIR / "models" / "identity"
 IDENTITY_META = IDENTITY_MODELS / "poseface_mfn.json"
@@ -1382,7 +1382,7 @@ TARGETS: dict[str, Target] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.fuzz", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m edge.tools.fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200, help="inputs per target (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", action="append", choices=sorted(TARGETS), help="only this target (repeatable)")
