@@ -18,8 +18,12 @@ from typing import Iterator, Sequence
 
 # command -> (module named in help and in its own parser's prog, module holding main, one line)
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "run": ("edge.run", "edge.run", "the runtime: camera to recognised person (what the systemd service runs)"),
-    "enroll": ("edge.enroll", "edge.enroll", "manage the gallery: add, list, remove, export, import, check, keygen"),
+    "run": ("edge.run", "edge.app.run", "the runtime: camera to recognised person (what the systemd service runs)"),
+    "enroll": (
+        "edge.enroll",
+        "edge.app.enroll",
+        "manage the gallery: add, list, remove, export, import, check, keygen",
+    ),
     "calibrate": (
         "edge.calibrate",
         "edge.tools.calibrate",
@@ -32,7 +36,11 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     ),
     "detect": ("edge.detect", "edge.detect.__main__", "detect faces in images or folders; write JSON"),
     "demo": ("edge.tools.demo", "edge.tools.demo", "the landmark chain on real photos: annotated picture and NME"),
-    "config": ("edge.config", "edge.config", "validate a runtime config (with profile and --set); print it as JSON"),
+    "config": (
+        "edge.config",
+        "edge.app.config",
+        "validate a runtime config (with profile and --set); print it as JSON",
+    ),
     "faults": ("edge.faults", "edge.tools.faults", "the fault-injection campaign on real parts (--short for CI)"),
 }
 PROG = "poseface"

@@ -93,7 +93,7 @@ class Selection:
             from edge.landmarks.landmarker import Landmarker
 
             return Landmarker(runner).predict_crops(self.images)
-        from edge.faces import embed_batch
+        from edge.core.faces import embed_batch
 
         return embed_batch(runner, self.images)
 

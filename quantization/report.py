@@ -95,8 +95,8 @@ def landmark_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
 
 
 def identity_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
+    from edge.app.enroll import LANDMARK_MODEL
     from edge.datasets.cfp import cfp_root
-    from edge.enroll import LANDMARK_MODEL
     from edge.geometry.align import alignment_from_meta
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime.meta import load_meta

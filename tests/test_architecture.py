@@ -94,6 +94,38 @@ def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function():
     assert "c -> a (line 40)" in describe(["a", "b", "c"], graph)
 
 
+# edge/ by floor, lowest first; a module may import its own floor and those below it. "base" is
+# every model-level package and helper (detect, landmarks, geometry, runtime, sources, datasets,
+# metrics, registry, shipped, imageio, oneline, the package itself); "entry" is the command line
+# (edge.cli) and the python -m aliases at the old paths.
+EDGE_FLOORS = ("base", "storage", "core", "app", "tools", "entry")
+ENTRY_MODULES = {"cli", "run", "enroll", "config", "bench", "calibrate", "faults", "demo_people"}
+
+
+def edge_floor(module: str) -> str:
+    parts = module.split(".")
+    if len(parts) > 1 and parts[1] in ("storage", "core", "app", "tools"):
+        return parts[1]
+    if len(parts) == 2 and parts[1] in ENTRY_MODULES:
+        return "entry"
+    return "base"
+
+
+def test_edge_floors_import_only_downwards():
+    """storage <- core <- app <- tools: the device's own code never imports the tools, the core
+    never the service shell, storage neither of them, and the model-level packages none of these."""
+    graph = import_graph(("edge",))
+    assert {edge_floor(m) for m in graph} == set(EDGE_FLOORS)  # every floor has modules
+    rank = {floor: i for i, floor in enumerate(EDGE_FLOORS)}
+    upward = [
+        f"{module} ({edge_floor(module)}) imports {target} ({edge_floor(target)}, line {line})"
+        for module, edges in graph.items()
+        for target, line in edges.items()
+        if rank[edge_floor(target)] > rank[edge_floor(module)]
+    ]
+    assert upward == []
+
+
 def test_dependencies_point_one_way_quantization_training_edge():
     """quantization/ may import training/ and edge/; training/ only edge/; edge/ neither."""
     allowed = {"edge": {"edge"}, "training": {"edge", "training"}, "quantization": set(SIDES)}

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import (
+from edge.app.config import (
     SHIPPED_LANDMARKS,
     ConfigError,
     JsonlSink,
@@ -379,7 +379,7 @@ def test_the_check_command(tmp_path, capsys):
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_precision_picks_the_shipped_variant_for_the_backend(tmp_path, backend, precision):
-    from edge.config import SHIPPED_IDENTITY, shipped_variant
+    from edge.app.config import SHIPPED_IDENTITY, shipped_variant
 
     if backend == "onnxruntime" and precision == "fp16":
         path = write(tmp_path, f'[runtime]\nbackend = "{backend}"\nprecision = "{precision}"\n')

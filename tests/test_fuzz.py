@@ -182,7 +182,7 @@ def _config_cases():
 
 @pytest.mark.parametrize("case", list(_config_cases()))
 def test_config_crashes_found_by_the_fuzzer_are_one_line_refusals(tmp_path, case):
-    from edge.config import ConfigError, load_config
+    from edge.app.config import ConfigError, load_config
 
     path = tmp_path / "config.toml"
     path.write_text(_config_cases()[case])
@@ -204,7 +204,7 @@ def test_config_crashes_found_by_the_fuzzer_are_one_line_refusals(tmp_path, case
 def test_gallery_import_crashes_found_by_the_fuzzer_are_refused_whole(tmp_path, mutate):
     import numpy as np
 
-    from edge.gallery import Gallery, GalleryError, Template
+    from edge.storage.gallery import Gallery, GalleryError, Template
 
     export = tmp_path / "e.jsonl"
     with Gallery.open(tmp_path / "a.sqlite") as g:

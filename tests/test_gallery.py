@@ -16,8 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import enroll
-from edge.gallery import (
+from edge.app import enroll
+from edge.core.matching import MatchResult, ThresholdsError, YawThresholds, identity_scores, match
+from edge.storage.gallery import (
     APPLICATION_ID,
     SCHEMA_VERSION,
     Gallery,
@@ -26,7 +27,6 @@ from edge.gallery import (
     Template,
     validate_name,
 )
-from edge.matching import MatchResult, ThresholdsError, YawThresholds, identity_scores, match
 
 from .conftest import real_subset
 
@@ -179,7 +179,7 @@ def test_refused_writes_leave_the_gallery_unchanged(gallery):
 
 def test_a_failure_midway_through_the_insert_rolls_back_every_template(gallery, monkeypatch):
     gallery.add_identity("Ann", templates(1))
-    import edge.gallery as module
+    import edge.storage.gallery as module
 
     calls = {"n": 0}
     real = module._embedding_bytes
@@ -421,7 +421,7 @@ CRASH_TEMPLATES = 12
 
 CRASH_CHILD = r"""
 import sys
-from edge.gallery import Gallery
+from edge.storage.gallery import Gallery
 from tests.test_gallery import crash_templates, CRASH_DIM
 
 path, start = sys.argv[1], int(sys.argv[2])

@@ -247,7 +247,7 @@ def _orl_only(cache_dir, **overrides) -> IdentityTrainConfig:
 @pytest.fixture(scope="module")
 def orl_cache(real_data, tmp_path_factory):
     """40 real ORL photos prepared by the device chain (shipped PIPNet, alignment, head pose)."""
-    from edge.enroll import LANDMARK_MODEL
+    from edge.app.enroll import LANDMARK_MODEL
     from training.identity.prepare import prepare_source
     from training.landmarks.evalcli import load_landmarker
 

@@ -179,12 +179,12 @@ def bench_pipeline(
     ``(label, landmark model, identity model)`` where the label must agree with what the files'
     metadata says (a label naming other files than ran is refused). ``images``: the frames to run
     (default: ``frames`` real CFP fold-9 photos)."""
+    from edge.core.matching import YawThresholds
+    from edge.core.pipeline import FacePipeline
     from edge.detect.registry import build_detector
-    from edge.gallery import gallery_arrays_from
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker
-    from edge.matching import YawThresholds
-    from edge.pipeline import FacePipeline
+    from edge.storage.gallery import gallery_arrays_from
 
     variants = variants or pipeline_variants()
     if not variants:
@@ -270,7 +270,7 @@ def bench_pipeline(
 
 
 def format_pipeline(rows: list[dict]) -> str:
-    from edge.pipeline import STAGES
+    from edge.core.pipeline import STAGES
 
     def cell(p50, p90) -> str:
         return f"{p50:>6.2f}/{p90:<7.2f}" if p50 is not None else f"{'-':>6}/{'-':<7}"

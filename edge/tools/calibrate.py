@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edge.matching import DEFAULT_YAW_EDGES, YawThresholds
+from edge.core.matching import DEFAULT_YAW_EDGES, YawThresholds
 
 
 def calibrate_scores(
@@ -104,10 +104,10 @@ def calibrate_model(
 ) -> tuple[YawThresholds, dict]:
     from tqdm import tqdm
 
-    from edge.config import SHIPPED_LANDMARKS
+    from edge.app.config import SHIPPED_LANDMARKS
+    from edge.core.faces import alignment_for, embed_batch, prepare_largest_face
     from edge.datasets.cfp import cfp_photos, fold_identities
     from edge.detect.registry import build_detector
-    from edge.faces import alignment_for, embed_batch, prepare_largest_face
     from edge.imageio import read_image_bgr
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker

@@ -117,9 +117,9 @@ def main(argv=None) -> int:
         print(f"edge.demo_people: {err} (the demo needs the real CFP photos of fold 9)", file=sys.stderr)
         return 2
 
-    from edge.enroll import build_embedder, enrol_photos
-    from edge.gallery import Gallery
+    from edge.app.enroll import build_embedder, enrol_photos
     from edge.imageio import read_image_bgr
+    from edge.storage.gallery import Gallery
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -130,7 +130,7 @@ def main(argv=None) -> int:
     for suffix in ("", "-wal", "-shm"):
         Path(f"{gallery_path}{suffix}").unlink(missing_ok=True)
     # Templates encrypted at rest, as on a device: a fresh key for this demo's fresh gallery.
-    from edge.keys import generate_key, load_key
+    from edge.storage.keys import generate_key, load_key
 
     key_path = out / "gallery.key"
     key_path.unlink(missing_ok=True)

@@ -206,13 +206,13 @@ class Receiver:
 
 def enrol_gallery(work: Path, people: list[int]) -> tuple[Path, Path]:
     """An encrypted gallery of ``people`` (one frontal photo each, the device chain, int8 models)."""
+    from edge.app.enroll import build_embedder
     from edge.datasets.cfp import cfp_photos, cfp_root
-    from edge.enroll import build_embedder
-    from edge.gallery import Gallery
     from edge.imageio import read_image_bgr
-    from edge.keys import generate_key, load_key
     from edge.runtime.meta import variant_path
     from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
+    from edge.storage.gallery import Gallery
+    from edge.storage.keys import generate_key, load_key
 
     embedder = build_embedder(
         {
@@ -230,7 +230,7 @@ def enrol_gallery(work: Path, people: list[int]) -> tuple[Path, Path]:
             photo = cfp_photos(cfp_root(), identities=[person], views=("frontal",))[-1]
             faces = embedder.embed_photo(read_image_bgr(photo.image_path))
             if faces and f"p{person}" not in gallery:
-                from edge.gallery import Template
+                from edge.storage.gallery import Template
 
                 gallery.add_identity(
                     f"p{person}", [Template(faces[0].embedding, faces[0].yaw_deg, photo.image_path.name)]
@@ -239,7 +239,7 @@ def enrol_gallery(work: Path, people: list[int]) -> tuple[Path, Path]:
 
 
 def service_config(camera: Camera, gallery: Path, key: Path, events: Path, **extra):
-    from edge.config import load_config
+    from edge.app.config import load_config
 
     overrides = {
         "source.type": "http",
@@ -288,7 +288,7 @@ def _events(path: Path, strict: bool = False) -> list[dict]:
 
 def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path, cuts: int, outage_s: float) -> Outcome:
     """Cut the camera ``cuts`` times under the running service (every 7th frame also corrupt)."""
-    from edge.run import Runner
+    from edge.app.run import Runner
 
     out = Outcome("camera stream cut and restored")
     camera = Camera(frames, corrupt_every=7).start()
@@ -356,7 +356,7 @@ def fault_camera_loss(work: Path, frames: list[bytes], gallery: Path, key: Path,
 
 def fault_hung_stage(work: Path, frames: list[bytes], gallery: Path, key: Path, timeout_s: float = 1.0) -> Outcome:
     """A pipeline stage stalls for 3x WatchdogSec; the pings to a real NOTIFY_SOCKET must stop."""
-    from edge.run import Runner
+    from edge.app.run import Runner
 
     out = Outcome("hung stage vs sd_notify watchdog", injected=1)
     sock_path = str(work / "notify.sock")
@@ -466,8 +466,8 @@ def fault_sigterm(work: Path, frames: list[bytes], gallery: Path, key: Path, tim
 
 _ENROL_CHILD = """
 import sys, numpy as np
-from edge.gallery import Gallery, Template
-from edge.keys import load_key
+from edge.storage.gallery import Gallery, Template
+from edge.storage.keys import load_key
 g = Gallery.open(sys.argv[1], dim=128, key=load_key(sys.argv[2]))
 start = int(sys.argv[3])
 for k in range(start, start + 10000):
@@ -479,8 +479,8 @@ for k in range(start, start + 10000):
 
 _IMPORT_CHILD = """
 import sys
-from edge.gallery import Gallery
-from edge.keys import load_key
+from edge.storage.gallery import Gallery
+from edge.storage.keys import load_key
 with Gallery.open(sys.argv[1], key=load_key(sys.argv[2])) as g:
     print("start", flush=True)
     g.import_(sys.argv[3], on_conflict="replace")
@@ -505,8 +505,8 @@ def _kill_at_random(cmd: list[str], wait_line: str | None, lo: float, hi: float)
 
 
 def fault_kill_enrolment(work: Path, key: Path, times: int) -> Outcome:
-    from edge.gallery import Gallery
-    from edge.keys import load_key
+    from edge.storage.gallery import Gallery
+    from edge.storage.keys import load_key
 
     out = Outcome("kill -9 during enrolment")
     path = work / "crash_enrol.sqlite"
@@ -538,7 +538,7 @@ def write_export(path: Path, count: int, dim: int = 128) -> Path:
     """A ``poseface.gallery`` export of ``count`` random identities, written directly (fast)."""
     import base64
 
-    from edge.gallery import EXPORT_FORMAT, EXPORT_VERSION, utc_now
+    from edge.storage.gallery import EXPORT_FORMAT, EXPORT_VERSION, utc_now
 
     now = utc_now()
     header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dim": dim, "exported": now, "identities": count}
@@ -555,8 +555,8 @@ def write_export(path: Path, count: int, dim: int = 128) -> Path:
 
 def fault_kill_import(work: Path, key: Path, times: int) -> Outcome:
     """kill -9 while a 20,000-identity import runs: the gallery holds all of it or none of it."""
-    from edge.gallery import Gallery, Template
-    from edge.keys import load_key
+    from edge.storage.gallery import Gallery, Template
+    from edge.storage.keys import load_key
 
     out = Outcome("kill -9 during gallery import")
     export = work / "import.jsonl"
@@ -589,7 +589,7 @@ def fault_kill_import(work: Path, key: Path, times: int) -> Outcome:
 
 _JSONL_CHILD = """
 import sys
-from edge.sinks import JsonLinesFileSink
+from edge.app.sinks import JsonLinesFileSink
 from edge.tools.faults import sample_event
 sink = JsonLinesFileSink(sys.argv[1])
 sink.emit(sample_event(0))
@@ -603,7 +603,7 @@ while True:
 
 def sample_event(k: int):
     """A realistic event (the schema's own constructor) for the event-writing crash test."""
-    from edge import events as ev
+    from edge.core import events as ev
 
     return ev.track_ended(
         source="fault campaign", track_id=k, identity=f"person {k}", score=0.5, yaw=float(k % 90),
@@ -622,7 +622,7 @@ def fault_kill_event_writing(work: Path, times: int) -> Outcome:
         # can take longer than the kill delay just to import the child's modules)
         _kill_at_random([sys.executable, "-c", _JSONL_CHILD, str(path)], "writing", 0.0, 0.5)
         # the service starting again opens the file: a line the kill cut short is dropped there
-        from edge.sinks import JsonLinesFileSink
+        from edge.app.sinks import JsonLinesFileSink
 
         reopened = JsonLinesFileSink(path)
         reopened.close()
@@ -644,7 +644,7 @@ def fault_kill_event_writing(work: Path, times: int) -> Outcome:
 
 def fault_sink_down(work: Path, down_s: float, events_per_s: float = 100.0, queue: int = 100) -> Outcome:
     """The webhook receiver is gone for ``down_s``: emit never blocks; queue bounded; delivered after."""
-    from edge.sinks import Backoff, WebhookSink
+    from edge.app.sinks import Backoff, WebhookSink
 
     out = Outcome("webhook receiver down", injected=1)
     receiver = Receiver().start()
@@ -693,7 +693,7 @@ def write_video(frames: list[bytes], path: Path, fps: float = 25.0) -> Path:
 def fault_soak(work: Path, frames: list[bytes], gallery: Path, key: Path, count: int) -> Outcome:
     """``count`` frames of a looping real video (four faces a scene): memory and open files stay
     flat, fps steady."""
-    from edge.run import Runner
+    from edge.app.run import Runner
     from edge.tools.bench import rss_mib
 
     out = Outcome("soak (4 faces per frame)", injected=1)

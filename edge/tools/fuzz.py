@@ -18,10 +18,10 @@ classifies each outcome as
 Targets (function, documented error):
 
 ==================  =====================================================  =================
-config              :func:`edge.config.load_config`                        ConfigError
-gallery_export      :func:`edge.gallery.read_export`, then ``import_``     GalleryError
+config              :func:`edge.app.config.load_config`                        ConfigError
+gallery_export      :func:`edge.storage.gallery.read_export`, then ``import_``     GalleryError
                     into a fresh gallery when the file is accepted
-identity_names      :func:`edge.gallery.validate_name`, then a gallery     GalleryError
+identity_names      :func:`edge.storage.gallery.validate_name`, then a gallery     GalleryError
                     round trip (add_identity, list) of every valid name
 images              :func:`edge.imageio.read_image_bgr`                    ImageReadError
 model_meta          :func:`edge.runtime.meta.meta_from_dict`, ``load_meta``  MetaError
@@ -526,7 +526,7 @@ HOSTILE_PATHS = (
 def _config_schema() -> dict[tuple[str, ...], tuple[dict, Any, str]]:
     """Every key of the runtime config: (section, key) -> (field metadata, default as plain data,
     kind: "path", "float", "int", "floats" (a list), or "other")."""
-    from edge import config as cfgmod
+    from edge.app import config as cfgmod
 
     out: dict[tuple[str, ...], tuple[dict, Any, str]] = {}
 
@@ -580,7 +580,7 @@ def _good_values(meta: Mapping[str, Any], default: Any, kind: str = "other") -> 
 def _config_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge import config as cfgmod
+    from edge.app import config as cfgmod
 
     path = work / "fuzz_config.toml"
     schema = _config_schema()
@@ -867,7 +867,7 @@ def _json_mutation(
 def _gallery_export_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge.gallery import Gallery, GalleryError, Template
+    from edge.storage.gallery import Gallery, GalleryError, Template
 
     rng = np.random.default_rng(0)
     with Gallery.open(work / "source.sqlite") as gallery:
@@ -928,7 +928,7 @@ def _gallery_export_target(work: Path):
     )
 
     def load() -> None:
-        from edge.gallery import read_export
+        from edge.storage.gallery import read_export
 
         read_export(path)
         # An accepted file must also import: into a fresh gallery each time.
@@ -955,7 +955,7 @@ NAME_CHARS = (
 def _names_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge.gallery import MAX_NAME_LENGTH, Gallery, GalleryError, Template, validate_name
+    from edge.storage.gallery import MAX_NAME_LENGTH, Gallery, GalleryError, Template, validate_name
 
     gallery = Gallery.open(work / "names.sqlite")
     enrolled: set[str] = set()

@@ -1,7 +1,7 @@
 """Export the identity path (trunk + identity projection) of a checkpoint to ONNX, opset 17.
 
 The pose branch is training-only and is not in the graph. Output ``embedding`` (N, D) is not
-normalised: the runtime L2-normalises it (``edge.faces.embed_batch``).
+normalised: the runtime L2-normalises it (``edge.core.faces.embed_batch``).
 """
 
 from __future__ import annotations

@@ -206,7 +206,7 @@ class Original:
 
 def embed_images(net: IdentityNet, meta: ModelMeta, images: np.ndarray) -> np.ndarray:
     """(N, D) unit embeddings of cached crops by ``net`` (device preprocessing, eval mode)."""
-    from edge.faces import embed_batch
+    from edge.core.faces import embed_batch
 
     return embed_batch(DeviceRunner(net, meta), images, batch_size=64)
 

@@ -12,9 +12,9 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from edge.core.faces import largest_face_landmarks
 from edge.datasets.cfp import cfp_photos, fold_identities
 from edge.detect.registry import build_detector
-from edge.faces import largest_face_landmarks
 from edge.geometry.headpose import head_pose
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP

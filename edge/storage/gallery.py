@@ -6,7 +6,7 @@ dimension, the yaw in degrees of the photo it came from, when, and from which so
 is opened with:
 
 - ``journal_mode=WAL`` and ``synchronous=FULL``: every committed write survives a crash or a
-  power cut, and readers (the run loop) never block the writer (``edge.enroll``);
+  power cut, and readers (the run loop) never block the writer (``edge.app.enroll``);
 - ``foreign_keys=ON``: removing an identity removes its templates (ON DELETE CASCADE);
 - ``secure_delete=ON``: freed pages are zeroed, and :meth:`Gallery.remove` also rebuilds the
   file (VACUUM) and checkpoints the WAL, so a removed person's name and embeddings are really
@@ -17,7 +17,7 @@ is opened with:
 Every write is one transaction: an identity appears with all its templates or not at all, even
 when the process is killed mid-write. SQL is always parameterised; names are free unicode text.
 
-Templates are encrypted at rest when the gallery is opened with a key (``edge.keys``): each
+Templates are encrypted at rest when the gallery is opened with a key (``edge.storage.keys``): each
 embedding is sealed with AES-256-GCM and bound to its identity row, and the file keeps a key
 check, so a gallery copied elsewhere without its key yields no embedding, and a wrong key is
 refused at open. Names, yaws and dates stay readable (an operator lists who is enrolled without
@@ -50,7 +50,7 @@ from typing import Any, Iterable, NamedTuple, Sequence
 
 import numpy as np
 
-from edge.keys import SEAL_OVERHEAD  # cryptography itself is imported only with a key
+from edge.storage.keys import SEAL_OVERHEAD  # cryptography itself is imported only with a key
 
 # Version 2 lets a template's embedding be sealed (AES-256-GCM: 28 bytes more than the plain
 # float32 bytes); version 1 files (plain only) are still read and written, but cannot be encrypted.
@@ -298,14 +298,14 @@ class Gallery:
 
         ``dim`` is the embedding dimension the caller works with: a new gallery is fixed to it
         (or to the first template's when None); an existing gallery with another dim is refused.
-        ``key`` (32 bytes, :func:`edge.keys.load_key`): a new gallery is encrypted with it; an
+        ``key`` (32 bytes, :func:`edge.storage.keys.load_key`): a new gallery is encrypted with it; an
         encrypted gallery opens only with its own key; a plain gallery with templates refuses a key
         (export it and import into a new, encrypted gallery). ``without_key``: an encrypted gallery
         opens without its key for what needs none (list, remove, integrity of the rows).
         """
         sealer = None
         if key is not None:
-            from edge.keys import KeyFileError, Sealer
+            from edge.storage.keys import KeyFileError, Sealer
 
             try:
                 sealer = Sealer(key)
@@ -462,7 +462,7 @@ class Gallery:
         plain = _embedding_bytes(unit)
         if self._sealer is None:
             return plain
-        from edge.keys import template_aad
+        from edge.storage.keys import template_aad
 
         return self._sealer.seal(plain, template_aad(*owner, yaw, unit.size))
 
@@ -470,7 +470,7 @@ class Gallery:
         """A stored embedding, unsealed when the gallery is encrypted; GalleryError when it will not open."""
         self._need_key("reading templates")
         if self._sealer is not None:
-            from edge.keys import template_aad
+            from edge.storage.keys import template_aad
 
             plain = self._sealer.open(bytes(blob), template_aad(*owner, yaw, dim))
             if plain is None:
@@ -797,7 +797,7 @@ class Gallery:
 
 
 def _set_encryption(conn: sqlite3.Connection, sealer) -> None:
-    from edge.keys import CIPHER
+    from edge.storage.keys import CIPHER
 
     conn.execute("INSERT INTO settings (key, value) VALUES ('encryption', ?)", (CIPHER,))
     conn.execute("INSERT INTO settings (key, value) VALUES ('key_check', ?)", (sealer.key_check(),))
