@@ -38,7 +38,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "demo": ("edge.tools.demo", "edge.tools.demo", "the landmark chain on real photos: annotated picture and NME"),
     "config": (
         "edge.config",
-        "edge.app.config",
+        "edge.app.config.load",
         "validate a runtime config (with profile and --set); print it as JSON",
     ),
     "faults": ("edge.faults", "edge.tools.faults", "the fault-injection campaign on real parts (--short for CI)"),

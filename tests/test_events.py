@@ -547,7 +547,7 @@ def test_sink_set_fans_out_and_reports_counters_per_sink(tmp_path, capsys):
 
 
 def test_build_sink_takes_every_sink_table_of_the_runtime_config(tmp_path, monkeypatch):
-    config = pytest.importorskip("edge.app.config")
+    config = pytest.importorskip("edge.app.config.schema")
     import edge.app.sinks as sinks_module
 
     made: list[FakeMqttClient] = []

@@ -182,7 +182,8 @@ def _config_cases():
 
 @pytest.mark.parametrize("case", list(_config_cases()))
 def test_config_crashes_found_by_the_fuzzer_are_one_line_refusals(tmp_path, case):
-    from edge.app.config import ConfigError, load_config
+    from edge.app.config.errors import ConfigError
+    from edge.app.config.load import load_config
 
     path = tmp_path / "config.toml"
     path.write_text(_config_cases()[case])

@@ -229,7 +229,7 @@ def test_stage_latency_buckets_and_bad_input():
 
 def test_metrics_of_a_short_real_run(real_data, tmp_path):
     """The runtime on three real CFP photos; /metrics served from its snapshot agrees with it."""
-    from edge.app.config import load_config
+    from edge.app.config.load import load_config
     from edge.app.enroll import main as enroll
     from edge.app.run import Runner
     from edge.core.pipeline import STAGES

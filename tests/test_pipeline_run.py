@@ -108,7 +108,7 @@ def test_dense_probe_pairs_excludes_self_pairs():
 
 
 def test_source_overrides(tmp_path):
-    from edge.app.config import ConfigError
+    from edge.app.config.errors import ConfigError
     from edge.app.run import source_overrides
 
     assert source_overrides("/dev/video0") == {"source.type": "v4l2", "source.device": "/dev/video0"}
@@ -157,7 +157,6 @@ def _cfp(real_data, person: int, view: str, n: int) -> Path:
 
 
 def test_pipeline_on_real_photos(real_data, identity_model):
-    from edge.app.config import SHIPPED_LANDMARKS
     from edge.core.matching import YawThresholds
     from edge.core.pipeline import STAGES, FacePipeline
     from edge.detect.registry import build_detector
@@ -165,6 +164,7 @@ def test_pipeline_on_real_photos(real_data, identity_model):
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime.runner import load_model
+    from edge.shipped import SHIPPED_LANDMARKS
     from edge.storage.gallery import gallery_arrays_from
 
     embedder = load_model(identity_model)
@@ -297,8 +297,8 @@ def test_demo_people_reports_rates_and_writes_a_contact_sheet(real_data, identit
 
 
 def test_bench_pipeline_reports_every_stage(real_data, identity_model):
-    from edge.app.config import SHIPPED_LANDMARKS
     from edge.core.pipeline import STAGES
+    from edge.shipped import SHIPPED_LANDMARKS
     from edge.tools.bench import bench_pipeline, format_pipeline
 
     rows = bench_pipeline(4, 1, 5, [("onnx fp32", SHIPPED_LANDMARKS, Path(identity_model))])
@@ -379,7 +379,7 @@ def test_runner_reports_a_camera_outage_in_health_and_resumes(identity_model, tm
     import threading
     import time
 
-    from edge.app.config import load_config
+    from edge.app.config.load import load_config
     from edge.app.run import Runner
     from tests.test_sources import MjpegServer
 

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from edge.app.config import SHIPPED_LANDMARKS, load_config
+from edge.app.config.load import load_config
 from edge.app.service import (
     CPU_PROVIDER,
     Watchdog,
@@ -29,6 +29,7 @@ from edge.app.service import (
     install_sigterm_handler,
     notify,
 )
+from edge.shipped import SHIPPED_LANDMARKS
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware_configs"
 UNIT = FIRMWARE / "poseface-edge.service"

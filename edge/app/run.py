@@ -31,7 +31,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from edge.app.config import THRESHOLDS_FROM_METADATA, ConfigError, RuntimeConfig, load_config
+from edge.app.config.errors import ConfigError
+from edge.app.config.load import load_config
+from edge.app.config.schema import THRESHOLDS_FROM_METADATA, RuntimeConfig
 
 log = logging.getLogger("edge.run")
 STATUS_EVERY_S = 5.0

@@ -104,7 +104,6 @@ def calibrate_model(
 ) -> tuple[YawThresholds, dict]:
     from tqdm import tqdm
 
-    from edge.app.config import SHIPPED_LANDMARKS
     from edge.core.faces import alignment_for, embed_batch, prepare_largest_face
     from edge.datasets.cfp import cfp_photos, fold_identities
     from edge.detect.registry import build_detector
@@ -112,6 +111,7 @@ def calibrate_model(
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime.runner import load_model
+    from edge.shipped import SHIPPED_LANDMARKS
 
     embedder = load_model(model, threads=threads)
     spec = alignment_for(embedder)

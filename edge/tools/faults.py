@@ -239,7 +239,7 @@ def enrol_gallery(work: Path, people: list[int]) -> tuple[Path, Path]:
 
 
 def service_config(camera: Camera, gallery: Path, key: Path, events: Path, **extra):
-    from edge.app.config import load_config
+    from edge.app.config.load import load_config
 
     overrides = {
         "source.type": "http",
