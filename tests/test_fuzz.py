@@ -205,7 +205,8 @@ def test_config_crashes_found_by_the_fuzzer_are_one_line_refusals(tmp_path, case
 def test_gallery_import_crashes_found_by_the_fuzzer_are_refused_whole(tmp_path, mutate):
     import numpy as np
 
-    from edge.storage.gallery import Gallery, GalleryError, Template
+    from edge.storage.gallery.records import GalleryError, Template
+    from edge.storage.gallery.store import Gallery
 
     export = tmp_path / "e.jsonl"
     with Gallery.open(tmp_path / "a.sqlite") as g:

@@ -11,7 +11,8 @@ import pytest
 
 from edge.app import enroll
 from edge.app.service import gallery_key
-from edge.storage.gallery import Gallery, GalleryError, Template
+from edge.storage.gallery.records import GalleryError, Template
+from edge.storage.gallery.store import Gallery
 from edge.storage.keys import KEY_BYTES, KeyFileError, generate_key, load_key
 
 from .test_gallery import DIM, FakeEmbedder, _photos, templates, unit

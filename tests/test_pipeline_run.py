@@ -165,7 +165,7 @@ def test_pipeline_on_real_photos(real_data, identity_model):
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime.runner import load_model
     from edge.shipped import SHIPPED_LANDMARKS
-    from edge.storage.gallery import gallery_arrays_from
+    from edge.storage.gallery.records import gallery_arrays_from
 
     embedder = load_model(identity_model)
     landmarker = Landmarker(load_model(SHIPPED_LANDMARKS))

@@ -31,7 +31,8 @@ import numpy as np
 
 from edge.imageio import ImageReadError, list_images, read_image_bgr
 from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
-from edge.storage.gallery import ON_CONFLICT, Gallery, GalleryError, Template, validate_name
+from edge.storage.gallery.records import GalleryError, Template, validate_name
+from edge.storage.gallery.store import ON_CONFLICT, Gallery
 
 log = logging.getLogger(__name__)
 

@@ -143,7 +143,8 @@ class GalleryView:
         self.reload()
 
     def reload(self) -> None:
-        from edge.storage.gallery import Gallery, GalleryArrays
+        from edge.storage.gallery.records import GalleryArrays
+        from edge.storage.gallery.store import Gallery
 
         if not self.path.exists():
             if self._arrays is None:

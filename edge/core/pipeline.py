@@ -21,7 +21,7 @@ from edge.core.faces import alignment_for, device_refine, embed_batch, face_land
 from edge.core.matching import MatchResult, YawThresholds, match
 from edge.core.tracker import Observation, Tracker
 from edge.geometry.align import ARCFACE_112
-from edge.storage.gallery import GalleryArrays
+from edge.storage.gallery.records import GalleryArrays
 
 STAGES = ("detect", "landmarks", "pose_align", "embed", "match", "frame")
 

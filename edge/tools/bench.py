@@ -184,7 +184,7 @@ def bench_pipeline(
     from edge.detect.registry import build_detector
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker
-    from edge.storage.gallery import gallery_arrays_from
+    from edge.storage.gallery.records import gallery_arrays_from
 
     variants = variants or pipeline_variants()
     if not variants:

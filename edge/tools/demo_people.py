@@ -119,7 +119,7 @@ def main(argv=None) -> int:
 
     from edge.app.enroll import build_embedder, enrol_photos
     from edge.imageio import read_image_bgr
-    from edge.storage.gallery import Gallery
+    from edge.storage.gallery.store import Gallery
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

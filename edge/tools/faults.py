@@ -211,7 +211,7 @@ def enrol_gallery(work: Path, people: list[int]) -> tuple[Path, Path]:
     from edge.imageio import read_image_bgr
     from edge.runtime.meta import variant_path
     from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
-    from edge.storage.gallery import Gallery
+    from edge.storage.gallery.store import Gallery
     from edge.storage.keys import generate_key, load_key
 
     embedder = build_embedder(
@@ -230,7 +230,7 @@ def enrol_gallery(work: Path, people: list[int]) -> tuple[Path, Path]:
             photo = cfp_photos(cfp_root(), identities=[person], views=("frontal",))[-1]
             faces = embedder.embed_photo(read_image_bgr(photo.image_path))
             if faces and f"p{person}" not in gallery:
-                from edge.storage.gallery import Template
+                from edge.storage.gallery.records import Template
 
                 gallery.add_identity(
                     f"p{person}", [Template(faces[0].embedding, faces[0].yaw_deg, photo.image_path.name)]
@@ -466,7 +466,8 @@ def fault_sigterm(work: Path, frames: list[bytes], gallery: Path, key: Path, tim
 
 _ENROL_CHILD = """
 import sys, numpy as np
-from edge.storage.gallery import Gallery, Template
+from edge.storage.gallery.records import Template
+from edge.storage.gallery.store import Gallery
 from edge.storage.keys import load_key
 g = Gallery.open(sys.argv[1], dim=128, key=load_key(sys.argv[2]))
 start = int(sys.argv[3])
@@ -479,7 +480,7 @@ for k in range(start, start + 10000):
 
 _IMPORT_CHILD = """
 import sys
-from edge.storage.gallery import Gallery
+from edge.storage.gallery.store import Gallery
 from edge.storage.keys import load_key
 with Gallery.open(sys.argv[1], key=load_key(sys.argv[2])) as g:
     print("start", flush=True)
@@ -505,7 +506,7 @@ def _kill_at_random(cmd: list[str], wait_line: str | None, lo: float, hi: float)
 
 
 def fault_kill_enrolment(work: Path, key: Path, times: int) -> Outcome:
-    from edge.storage.gallery import Gallery
+    from edge.storage.gallery.store import Gallery
     from edge.storage.keys import load_key
 
     out = Outcome("kill -9 during enrolment")
@@ -538,7 +539,8 @@ def write_export(path: Path, count: int, dim: int = 128) -> Path:
     """A ``poseface.gallery`` export of ``count`` random identities, written directly (fast)."""
     import base64
 
-    from edge.storage.gallery import EXPORT_FORMAT, EXPORT_VERSION, utc_now
+    from edge.storage.gallery.exchange import EXPORT_FORMAT, EXPORT_VERSION
+    from edge.storage.gallery.records import utc_now
 
     now = utc_now()
     header = {"format": EXPORT_FORMAT, "version": EXPORT_VERSION, "dim": dim, "exported": now, "identities": count}
@@ -555,7 +557,8 @@ def write_export(path: Path, count: int, dim: int = 128) -> Path:
 
 def fault_kill_import(work: Path, key: Path, times: int) -> Outcome:
     """kill -9 while a 20,000-identity import runs: the gallery holds all of it or none of it."""
-    from edge.storage.gallery import Gallery, Template
+    from edge.storage.gallery.records import Template
+    from edge.storage.gallery.store import Gallery
     from edge.storage.keys import load_key
 
     out = Outcome("kill -9 during gallery import")

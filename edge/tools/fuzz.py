@@ -19,9 +19,9 @@ Targets (function, documented error):
 
 ==================  =============================================================  ==================
 config              :func:`edge.app.config.load.load_config`                       ConfigError
-gallery_export      :func:`edge.storage.gallery.read_export`, then                 GalleryError
+gallery_export      :func:`edge.storage.gallery.exchange.read_export`, then        GalleryError
                     ``import_`` into a fresh gallery when the file is accepted
-identity_names      :func:`edge.storage.gallery.validate_name`, then               GalleryError
+identity_names      :func:`edge.storage.gallery.records.validate_name`, then       GalleryError
                     a gallery round trip (add_identity, list) of every valid name
 images              :func:`edge.imageio.read_image_bgr`                            ImageReadError
 model_meta          :func:`edge.runtime.meta.meta_from_dict`, ``load_meta``        MetaError
@@ -871,7 +871,8 @@ def _json_mutation(
 def _gallery_export_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge.storage.gallery import Gallery, GalleryError, Template
+    from edge.storage.gallery.records import GalleryError, Template
+    from edge.storage.gallery.store import Gallery
 
     rng = np.random.default_rng(0)
     with Gallery.open(work / "source.sqlite") as gallery:
@@ -932,7 +933,7 @@ def _gallery_export_target(work: Path):
     )
 
     def load() -> None:
-        from edge.storage.gallery import read_export
+        from edge.storage.gallery.exchange import read_export
 
         read_export(path)
         # An accepted file must also import: into a fresh gallery each time.
@@ -959,7 +960,8 @@ NAME_CHARS = (
 def _names_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge.storage.gallery import MAX_NAME_LENGTH, Gallery, GalleryError, Template, validate_name
+    from edge.storage.gallery.records import MAX_NAME_LENGTH, GalleryError, Template, validate_name
+    from edge.storage.gallery.store import Gallery
 
     gallery = Gallery.open(work / "names.sqlite")
     enrolled: set[str] = set()
