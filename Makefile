@@ -18,7 +18,7 @@ demo: $(BIN)/python
 	$(BIN)/pip install -q -e .
 	$(BIN)/python -m training.data check
 	$(BIN)/python -m edge.detect.cfp_recall --folds 1 --json $(OUT)/demo/detector_cfp_fold1.json
-	$(BIN)/python -m edge.demo --out $(OUT)/demo
+	$(BIN)/poseface demo --out $(OUT)/demo
 	$(BIN)/python -m edge.demo_people --out $(OUT)/demo
 
 # The broker tests (tests/test_broker.py) start their own Mosquitto: installed here with apt-get

@@ -17,16 +17,22 @@ from contextlib import contextmanager
 from typing import Iterator, Sequence
 
 # command -> (module named in help and in its own parser's prog, module holding main, one line)
+# fmt: off
 COMMANDS: dict[str, tuple[str, str, str]] = {
-    "run": ("edge.run", "edge.run", "the runtime: camera to recognised person (what the systemd service runs)"),
-    "enroll": ("edge.enroll", "edge.enroll", "manage the gallery: add, list, remove, export, import, check, keygen"),
-    "calibrate": ("edge.calibrate", "edge.calibrate", "per-yaw-bin match thresholds on real CFP pairs at a target FAR"),
-    "bench": ("edge.bench", "edge.bench", "latency on this machine: the models side by side, or --pipeline per stage"),
+    "run": ("edge.run", "edge.app.run", "the runtime: camera to recognised person (what the systemd service runs)"),
+    "enroll": ("edge.enroll", "edge.app.enroll",
+               "manage the gallery: add, list, remove, export, import, check, keygen"),
+    "calibrate": ("edge.calibrate", "edge.tools.calibrate",
+                  "per-yaw-bin match thresholds on real CFP pairs at a target FAR"),
+    "bench": ("edge.bench", "edge.tools.bench",
+              "latency on this machine: the models side by side, or --pipeline per stage"),
     "detect": ("edge.detect", "edge.detect.__main__", "detect faces in images or folders; write JSON"),
-    "demo": ("edge.demo", "edge.demo", "the landmark chain on real photos: annotated picture and NME"),
-    "config": ("edge.config", "edge.config", "validate a runtime config (with profile and --set); print it as JSON"),
-    "faults": ("edge.faults", "edge.faults", "the fault-injection campaign on real parts (--short for CI)"),
+    "demo": ("edge.tools.demo", "edge.tools.demo", "the landmark chain on real photos: annotated picture and NME"),
+    "config": ("edge.config", "edge.app.config.load",
+               "validate a runtime config (with profile and --set); print it as JSON"),
+    "faults": ("edge.faults", "edge.tools.faults", "the fault-injection campaign on real parts (--short for CI)"),
 }
+# fmt: on
 PROG = "poseface"
 
 

@@ -93,7 +93,7 @@ class Selection:
             from edge.landmarks.landmarker import Landmarker
 
             return Landmarker(runner).predict_crops(self.images)
-        from edge.faces import embed_batch
+        from edge.core.faces import embed_batch
 
         return embed_batch(runner, self.images)
 
@@ -251,10 +251,10 @@ def _version(dist: str) -> str:
 
 
 def calibrate_thresholds(identity_file: Path, landmarks_dir: Path) -> None:
-    """The device's per-yaw thresholds for one identity variant (``edge.calibrate`` on CFP fold 9,
+    """The device's per-yaw thresholds for one identity variant (``edge.tools.calibrate`` on CFP fold 9,
     FAR 1e-3), with the landmark variant of the same runtime and precision when it exists, as the
     device would run them together; written into the variant's own metadata."""
-    from edge.calibrate import main as calibrate
+    from edge.tools.calibrate import main as calibrate
 
     meta = load_meta(identity_file.with_suffix(".json"))
     landmarks = shipped_variant_path(SPECS["landmarks"].fp32, meta.format, meta.precision).name

@@ -5,7 +5,7 @@
 - Identity: CFP folds 1-8 photos (never fold 9, which the report scores on), frontal and
   profile in CFP's own 10:4 ratio, through the device chain: the fiducials' crop box, our PIPNet
   landmarks, the crop the identity model's metadata names (ArcFace 5-point 112x112 or dlib's
-  68-point 150x150 chip; ``edge.faces.alignment_for``).
+  68-point 150x150 chip; ``edge.core.faces.alignment_for``).
 
 Both return uint8 BGR images; :func:`calibration_batch` turns them into the model's float
 input with ``edge.runtime.preprocess``, so calibration sees exactly what the device feeds.
@@ -57,8 +57,8 @@ def identity_faces(
     :class:`edge.geometry.align.AlignmentSpec` from its metadata; default ArcFace 112), and their
     yaw in degrees (a seeded permutation of the photos; ``skip`` passes over its first usable
     faces, as for landmarks)."""
+    from edge.app.enroll import LANDMARK_MODEL
     from edge.datasets.cfp import cfp_photos, cfp_root, fold_identities
-    from edge.enroll import LANDMARK_MODEL
     from edge.geometry.align import ARCFACE_112
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime import load_model

@@ -31,6 +31,7 @@ import numpy as np
 
 from edge.runtime import load_model
 from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
+from training.identity.card import CARD_BEGIN, CARD_END
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "edge" / "models"
@@ -94,8 +95,8 @@ def landmark_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
 
 
 def identity_report(files: dict[str, Path], quick: bool, out: Path) -> dict:
+    from edge.app.enroll import LANDMARK_MODEL
     from edge.datasets.cfp import cfp_root
-    from edge.enroll import LANDMARK_MODEL
     from edge.geometry.align import alignment_from_meta
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime.meta import load_meta
@@ -188,7 +189,7 @@ r = load_model(sys.argv[1], threads=1)
 x = np.zeros((1, *r.input_shape[1:]), np.float32)
 for _ in range(20):
     r.run(x)
-from edge.bench import rss_mib
+from edge.tools.bench import rss_mib
 print(rss_mib("VmHWM"))
 """
 
@@ -230,7 +231,7 @@ def onnx_kernel_ms(path: Path, runs: int) -> float:
 def speed_rows(files: dict[str, Path], runs: int) -> dict:
     """Latency of every file at 1 thread and at all cores; every runtime's files interleaved in
     one run, so the ratio to its fp32 file is measured side by side."""
-    from edge.bench import bench
+    from edge.tools.bench import bench
 
     names = list(files)
     out = {name: {"size_kib": round(files[name].stat().st_size / 1024, 1)} for name in names}
@@ -419,10 +420,6 @@ def summary_markdown(report: dict) -> str:
             notes = "; ".join(row["verdict_notes"])
             lines.append(f"- {task} {name} ({row['file']}): **{row['verdict']}**" + (f": {notes}" if notes else ""))
     return "\n".join(lines) + "\n"
-
-
-CARD_BEGIN = "<!-- quantization report: begin (written by python -m quantization.report --cards) -->"
-CARD_END = "<!-- quantization report: end -->"
 
 
 def card_section(report: dict, task: str) -> str:

@@ -37,8 +37,8 @@ def torch_graph(task: str, checkpoint: Path):
         model, meta, _ = load_checkpoint(checkpoint)
         return fused_copy(model).eval(), meta  # a dlib trunk's affines folded (others: unchanged)
     if task == "identity":
+        from training.identity.checkpoint import load_checkpoint
         from training.identity.export import _IdentityPath
-        from training.identity.train import load_checkpoint
         from training.nn.dlib_resnet import fused_copy
 
         net, meta, _ = load_checkpoint(checkpoint)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from edge.bench import shipped_models
+from edge.tools.bench import shipped_models
 
 
 def test_bench_times_the_shipped_models(tmp_path):
@@ -30,7 +30,7 @@ def test_bench_times_the_shipped_models(tmp_path):
 
 
 def test_bench_without_models_fails_clearly(tmp_path, monkeypatch):
-    from edge import bench
+    from edge.tools import bench
 
     monkeypatch.setattr(bench, "MODELS_DIR", tmp_path)
     assert bench.main([]) == 2
@@ -39,9 +39,9 @@ def test_bench_without_models_fails_clearly(tmp_path, monkeypatch):
 def test_pipeline_pairs_the_shipped_defaults_variants_by_their_names():
     """Each row of `edge.bench --pipeline` runs the landmark and identity files its label names
     (the default models' variants, not the other identity model beside them)."""
-    from edge.bench import pipeline_variants
     from edge.runtime.meta import load_meta
     from edge.shipped import SHIPPED_IDENTITY
+    from edge.tools.bench import pipeline_variants
 
     pairs = {label: (lm, ident) for label, lm, ident in pipeline_variants()}
     assert {"onnx fp32", "onnx int8", "tflite int8"} <= set(pairs)
@@ -65,7 +65,7 @@ def test_pipeline_rows_are_labelled_with_the_files_that_ran_and_their_metadata()
     what those files' metadata JSON says; fp32 and int8 are separate rows. No timing is checked."""
     import numpy as np
 
-    from edge.bench import bench_pipeline, format_pipeline, pipeline_variants
+    from edge.tools.bench import bench_pipeline, format_pipeline, pipeline_variants
 
     variants = pipeline_variants()
     frames = [np.full((240, 320, 3), 128, np.uint8)] * 2  # no face: the labels are what is checked
@@ -96,9 +96,9 @@ def test_pipeline_label_comes_from_metadata_not_the_file_name(tmp_path):
     import numpy as np
     import pytest
 
-    from edge.bench import bench_pipeline
     from edge.runtime.meta import meta_path_for, variant_path
     from edge.shipped import SHIPPED_IDENTITY_MFN, SHIPPED_LANDMARKS
+    from edge.tools.bench import bench_pipeline
 
     renamed = []
     for model in (SHIPPED_LANDMARKS, SHIPPED_IDENTITY_MFN):
@@ -119,9 +119,9 @@ def test_pipeline_label_comes_from_metadata_not_the_file_name(tmp_path):
 
 def test_pipeline_report_json_records_the_cpu_and_the_files(real_data, tmp_path, monkeypatch):
     """`edge.bench --pipeline --json`: the CPU beside the timings, each row's files and precision."""
-    from edge import bench
     from edge.runtime.meta import variant_path
     from edge.shipped import SHIPPED_IDENTITY_MFN, SHIPPED_LANDMARKS
+    from edge.tools import bench
 
     lm_int8, id_int8 = (variant_path(m, "onnx", "int8") for m in (SHIPPED_LANDMARKS, SHIPPED_IDENTITY_MFN))
     monkeypatch.setattr(

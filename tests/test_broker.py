@@ -28,9 +28,9 @@ from pathlib import Path
 
 import pytest
 
-from edge import events as ev
+from edge.app.sinks import Backoff, MqttSink
+from edge.core import events as ev
 from edge.shipped import SHIPPED_IDENTITY
-from edge.sinks import Backoff, MqttSink
 
 REPO = Path(__file__).resolve().parents[1]
 WAIT_S = 30.0  # for anything the broker or a client does; a loaded CI machine can be slow
@@ -678,7 +678,7 @@ def _check_entities(configs: dict) -> None:
     ],
 )
 def test_broker_sink_refuses_bad_home_assistant_options_in_one_line(options, field):
-    from edge.sinks import SinkError, build_sink
+    from edge.app.sinks import SinkError, build_sink
 
     with pytest.raises(SinkError) as err:  # refused before any connection is tried
         build_sink({"type": "mqtt", "host": "127.0.0.1", **options})

@@ -186,7 +186,7 @@ def cfp(real_data):
 @pytest.fixture(scope="module")
 def landmarks68(cfp):
     """The shipped PIPNet's 68 points, refined from the fiducial box as training does."""
-    from edge.faces import face_landmarks, rough_crop_box
+    from edge.core.faces import face_landmarks, rough_crop_box
     from edge.imageio import read_image_bgr
     from edge.landmarks.landmarker import Landmarker
     from edge.runtime.runner import load_model

@@ -37,7 +37,7 @@ def test_help_lists_every_command_with_one_line():
 
 
 def test_run_help_is_edge_runs_own_help_under_the_new_name():
-    from edge.run import build_parser
+    from edge.app.run import build_parser
 
     res = poseface("run", "--help")
     assert res.returncode == 0, res.stderr
@@ -97,7 +97,7 @@ def test_version_and_the_older_scripts_still_work():
 
 
 def test_the_service_unit_and_the_readme_use_the_one_command():
-    from edge.run import build_parser
+    from edge.app.run import build_parser
 
     unit = (REPO / "firmware_configs" / "poseface-edge.service").read_text()
     (exec_start,) = re.findall(r"^ExecStart=(.*)$", unit, flags=re.M)

@@ -9,22 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import (
-    SHIPPED_LANDMARKS,
-    ConfigError,
+from edge.app.config.errors import ConfigError
+from edge.app.config.load import apply_overrides, load_config, main, source_overrides
+from edge.app.config.schema import (
     JsonlSink,
     MqttSink,
     RuntimeConfig,
     StdoutSink,
     WebhookSink,
-    apply_overrides,
     config_to_dict,
     field_docs,
-    load_config,
-    main,
-    source_overrides,
 )
 from edge.runtime.meta import load_meta, variant_path
+from edge.shipped import SHIPPED_LANDMARKS
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware_configs"
 EXAMPLE = FIRMWARE / "config.example.toml"
@@ -379,7 +376,8 @@ def test_the_check_command(tmp_path, capsys):
 @pytest.mark.parametrize("backend", ["onnxruntime", "tflite"])
 @pytest.mark.parametrize("precision", ["fp32", "fp16", "int8"])
 def test_precision_picks_the_shipped_variant_for_the_backend(tmp_path, backend, precision):
-    from edge.config import SHIPPED_IDENTITY, shipped_variant
+    from edge.app.config.load import shipped_variant
+    from edge.shipped import SHIPPED_IDENTITY
 
     if backend == "onnxruntime" and precision == "fp16":
         path = write(tmp_path, f'[runtime]\nbackend = "{backend}"\nprecision = "{precision}"\n')

@@ -16,9 +16,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import numpy as np
 import pytest
 
-from edge import events
-from edge.events import SCHEMA, SCHEMA_PATH, Event, EventError, event_from_json
-from edge.sinks import (
+from edge.app.sinks import (
     Backoff,
     JsonLinesFileSink,
     MqttSink,
@@ -29,6 +27,8 @@ from edge.sinks import (
     WebhookSink,
     build_sink,
 )
+from edge.core import events
+from edge.core.events import SCHEMA, SCHEMA_PATH, Event, EventError, event_from_json
 
 # ----------------------------------------------------------------------------- a tiny JSON Schema checker
 
@@ -547,8 +547,8 @@ def test_sink_set_fans_out_and_reports_counters_per_sink(tmp_path, capsys):
 
 
 def test_build_sink_takes_every_sink_table_of_the_runtime_config(tmp_path, monkeypatch):
-    config = pytest.importorskip("edge.config")
-    import edge.sinks as sinks_module
+    config = pytest.importorskip("edge.app.config.schema")
+    import edge.app.sinks as sinks_module
 
     made: list[FakeMqttClient] = []
     monkeypatch.setattr(sinks_module, "_paho_client", lambda *args: made.append(FakeMqttClient()) or made[-1])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from edge import faults
+from edge.tools import faults
 
 
 def test_the_short_campaign_survives_every_fault(real_data, tmp_path, capsys):

@@ -60,7 +60,7 @@ def _orl_imported(cache_dir) -> IdentityTrainConfig:
 def orl_chips(real_data, tmp_path_factory):
     """40 real ORL photos cut as dlib's 150x150 chips by our device chain."""
     _need_dlib_file()
-    from edge.enroll import LANDMARK_MODEL
+    from edge.app.enroll import LANDMARK_MODEL
     from training.identity.prepare import prepare_source
     from training.landmarks.evalcli import load_landmarker
 
@@ -114,7 +114,7 @@ def test_shipped_recipes_load():
 def test_zero_epochs_keeps_the_imported_network(orl_chips, tmp_path):
     """The "no fine-tuning" arm saves dlib's network as imported: its export gives dlib's
     descriptor direction for the same chip."""
-    from edge.faces import alignment_for, embed_batch
+    from edge.core.faces import alignment_for, embed_batch
     from edge.runtime.runner import load_model
     from training.identity.export import export_onnx
     from training.identity.train import train
@@ -141,10 +141,11 @@ def test_zero_epochs_keeps_the_imported_network(orl_chips, tmp_path):
 
 @pytest.mark.real_data
 def test_guarded_finetune_trains_resumes_and_exports(orl_chips, tmp_path):
-    from edge.faces import alignment_for
+    from edge.core.faces import alignment_for
     from edge.runtime.runner import load_model
+    from training.identity.checkpoint import load_checkpoint
     from training.identity.export import export_onnx
-    from training.identity.train import load_checkpoint, train
+    from training.identity.train import train
 
     run = tmp_path / "ft"
     cfg = _orl_dlib(orl_chips, head="paa", pose_weight=1.0, orthogonality_weight=0.1, regularface_weight=1.0)
@@ -173,7 +174,7 @@ def test_guarded_finetune_trains_resumes_and_exports(orl_chips, tmp_path):
 
 @pytest.mark.real_data
 def test_student_learns_the_teachers_embedding(orl_chips, tmp_path):
-    from edge.faces import alignment_for
+    from edge.core.faces import alignment_for
     from edge.runtime.runner import load_model
     from training.identity.export import export_onnx
     from training.identity.student import StudentConfig, train_student
@@ -204,7 +205,7 @@ def test_student_learns_the_teachers_embedding(orl_chips, tmp_path):
 
 
 def test_test_time_flip_sums_the_mirror_and_follows_the_metadata():
-    from edge.faces import embed_batch, model_flips
+    from edge.core.faces import embed_batch, model_flips
     from edge.runtime.meta import ModelMeta
     from edge.runtime.runner import ModelRunner
 
@@ -252,8 +253,7 @@ def _eval_report(boxes, flip, ff, fp, fp_profile):
 
 
 def test_card_sections_say_what_was_measured(tmp_path):
-    from quantization.report import CARD_BEGIN, CARD_END
-    from training.identity.card import write_card_text
+    from training.identity.card import CARD_BEGIN, CARD_END, write_card_text
     from training.identity.finetune_card import demo_section, landmark_cost_lines, student_section
 
     # the quantization report's section survives a rewrite of the card; nothing else of the old text does

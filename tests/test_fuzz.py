@@ -1,4 +1,4 @@
-"""Hostile input is refused clearly: the fuzzing harness (edge.fuzz) and what it finds.
+"""Hostile input is refused clearly: the fuzzing harness (edge.tools.fuzz) and what it finds.
 
 One run of every target at a modest example count (a few seconds on one core), shared by the
 tests below; then the harness itself, on fake targets, so a harness that could not fail would.
@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("hypothesis")
 
-from edge.fuzz import TARGETS, Target, classify, is_one_line, run_fuzz  # noqa: E402
+from edge.tools.fuzz import TARGETS, Target, classify, is_one_line, run_fuzz  # noqa: E402
 
 EXAMPLES = 100
 REPO = Path(__file__).resolve().parents[1]
@@ -151,9 +151,9 @@ def test_edge_fuzz_imports_without_hypothesis():
         "        if name.split('.')[0] == 'hypothesis':\n"
         "            raise ImportError('hypothesis blocked')\n"
         "sys.meta_path.insert(0, Block())\n"
-        "import edge.fuzz\n"
+        "import edge.tools.fuzz\n"
         "assert 'hypothesis' not in sys.modules\n"
-        "print(len(edge.fuzz.TARGETS))\n"
+        "print(len(edge.tools.fuzz.TARGETS))\n"
     )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -182,7 +182,8 @@ def _config_cases():
 
 @pytest.mark.parametrize("case", list(_config_cases()))
 def test_config_crashes_found_by_the_fuzzer_are_one_line_refusals(tmp_path, case):
-    from edge.config import ConfigError, load_config
+    from edge.app.config.errors import ConfigError
+    from edge.app.config.load import load_config
 
     path = tmp_path / "config.toml"
     path.write_text(_config_cases()[case])
@@ -204,7 +205,8 @@ def test_config_crashes_found_by_the_fuzzer_are_one_line_refusals(tmp_path, case
 def test_gallery_import_crashes_found_by_the_fuzzer_are_refused_whole(tmp_path, mutate):
     import numpy as np
 
-    from edge.gallery import Gallery, GalleryError, Template
+    from edge.storage.gallery.records import GalleryError, Template
+    from edge.storage.gallery.store import Gallery
 
     export = tmp_path / "e.jsonl"
     with Gallery.open(tmp_path / "a.sqlite") as g:

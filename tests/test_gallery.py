@@ -16,17 +16,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import enroll
-from edge.gallery import (
-    APPLICATION_ID,
-    SCHEMA_VERSION,
-    Gallery,
-    GalleryError,
-    GalleryImportError,
-    Template,
-    validate_name,
-)
-from edge.matching import MatchResult, ThresholdsError, YawThresholds, identity_scores, match
+from edge.app import enroll
+from edge.core.matching import MatchResult, ThresholdsError, YawThresholds, identity_scores, match
+from edge.storage.gallery.exchange import GalleryImportError
+from edge.storage.gallery.records import GalleryError, Template, validate_name
+from edge.storage.gallery.schema import APPLICATION_ID, SCHEMA_VERSION
+from edge.storage.gallery.store import Gallery
 
 from .conftest import real_subset
 
@@ -179,7 +174,7 @@ def test_refused_writes_leave_the_gallery_unchanged(gallery):
 
 def test_a_failure_midway_through_the_insert_rolls_back_every_template(gallery, monkeypatch):
     gallery.add_identity("Ann", templates(1))
-    import edge.gallery as module
+    import edge.storage.gallery.store as module
 
     calls = {"n": 0}
     real = module._embedding_bytes
@@ -421,7 +416,7 @@ CRASH_TEMPLATES = 12
 
 CRASH_CHILD = r"""
 import sys
-from edge.gallery import Gallery
+from edge.storage.gallery.store import Gallery
 from tests.test_gallery import crash_templates, CRASH_DIM
 
 path, start = sys.argv[1], int(sys.argv[2])

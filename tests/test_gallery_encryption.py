@@ -9,10 +9,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge import enroll
-from edge.gallery import Gallery, GalleryError, Template
-from edge.keys import KEY_BYTES, KeyFileError, generate_key, load_key
-from edge.service import gallery_key
+from edge.app import enroll
+from edge.app.service import gallery_key
+from edge.storage.gallery.records import GalleryError, Template
+from edge.storage.gallery.store import Gallery
+from edge.storage.keys import KEY_BYTES, KeyFileError, generate_key, load_key
 
 from .test_gallery import DIM, FakeEmbedder, _photos, templates, unit
 
@@ -194,7 +195,7 @@ def test_enroll_cli_with_a_key(tmp_path, capsys, monkeypatch):
 
 
 def test_runtime_reads_an_encrypted_gallery_with_the_configured_key(tmp_path, key_file):
-    from edge.run import GalleryView
+    from edge.app.run import GalleryView
 
     path = tmp_path / "g.sqlite"
     with Gallery.open(path, key=load_key(key_file)) as g:

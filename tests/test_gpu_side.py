@@ -21,7 +21,8 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from training.runtime import ProcessShare, Runtime, check_precision, load_state, resolve_device  # noqa: E402
+from training.run_folder import load_state  # noqa: E402
+from training.runtime import ProcessShare, Runtime, check_precision, resolve_device  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 IDENTITY_SMOKE = REPO / "training/identity/configs/smoke.toml"
@@ -128,7 +129,7 @@ def test_autocast_and_scaler_are_pass_throughs_for_fp32_and_bf16_casts_on_a_cpu(
 
 
 def test_atomic_save_leaves_no_temporary_file_and_loads_onto_the_cpu(tmp_path):
-    from training.runtime import atomic_save
+    from training.run_folder import atomic_save
 
     atomic_save({"model": {"w": torch.ones(2)}}, tmp_path / "c.pt")
     assert not list(tmp_path.glob("*.tmp"))
@@ -315,8 +316,9 @@ def orl(real_data):
 @pytest.mark.real_data
 def test_torchrun_trains_identity_on_orl_and_the_checkpoint_resumes_in_one_process(orl, real_data, tmp_path, capsys):
     from training.config import load_toml
+    from training.identity.checkpoint import load_checkpoint
     from training.identity.config import IdentityTrainConfig
-    from training.identity.train import load_checkpoint, train
+    from training.identity.train import train
 
     run = tmp_path / "run"
     args = ["-m", "training.identity", "train", "--config", str(IDENTITY_SMOKE), "--train-folder", str(orl)]
@@ -453,10 +455,10 @@ def test_bf16_autocast_distils_a_student_on_a_cpu(orl, tmp_path, monkeypatch):
     from edge.geometry.align import ARCFACE_112
     from training.config import to_dict
     from training.identity import model as model_module
+    from training.identity.checkpoint import build_net
     from training.identity.config import IdentityTrainConfig
     from training.identity.data import identity_meta
     from training.identity.student import StudentConfig, train_student
-    from training.identity.train import build_net
 
     # a 16-face cache of real ORL photos (resized, not aligned: enough for one distillation step)
     paths = [p for person in sorted(orl.iterdir()) if person.is_dir() for p in sorted(person.glob("*.pgm"))[:4]][:16]

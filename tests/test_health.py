@@ -12,8 +12,8 @@ import pytest
 from prometheus_client import REGISTRY
 from prometheus_client.parser import text_string_to_metric_families
 
-from edge.health import HealthServer
-from edge.metrics_prom import LATENCY_BUCKETS_S, StageLatency, metric_families
+from edge.app.health import HealthServer
+from edge.app.metrics_prom import LATENCY_BUCKETS_S, StageLatency, metric_families
 
 CAM = "rtsp://cam.local/stream"
 TOKEN = "s3cret"
@@ -45,7 +45,7 @@ FAMILIES = {
 
 
 def known_snapshot() -> dict:
-    """A snapshot shaped as edge.run.Runner publishes it, with values chosen by hand."""
+    """A snapshot shaped as edge.app.run.Runner publishes it, with values chosen by hand."""
     latency = StageLatency()
     latency.observe({"detect": 0.3, "match": 0.01, "frame": 40.0})  # ms
     latency.observe({"detect": 3.0, "match": 0.02, "frame": 60.0})
@@ -229,10 +229,10 @@ def test_stage_latency_buckets_and_bad_input():
 
 def test_metrics_of_a_short_real_run(real_data, tmp_path):
     """The runtime on three real CFP photos; /metrics served from its snapshot agrees with it."""
-    from edge.config import load_config
-    from edge.enroll import main as enroll
-    from edge.pipeline import STAGES
-    from edge.run import Runner
+    from edge.app.config.load import load_config
+    from edge.app.enroll import main as enroll
+    from edge.app.run import Runner
+    from edge.core.pipeline import STAGES
     from edge.shipped import SHIPPED_IDENTITY_MFN
 
     def cfp(person: int, view: str, n: int):

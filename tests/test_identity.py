@@ -247,7 +247,7 @@ def _orl_only(cache_dir, **overrides) -> IdentityTrainConfig:
 @pytest.fixture(scope="module")
 def orl_cache(real_data, tmp_path_factory):
     """40 real ORL photos prepared by the device chain (shipped PIPNet, alignment, head pose)."""
-    from edge.enroll import LANDMARK_MODEL
+    from edge.app.enroll import LANDMARK_MODEL
     from training.identity.prepare import prepare_source
     from training.landmarks.evalcli import load_landmarker
 
@@ -268,9 +268,10 @@ def test_prepare_real_orl_faces(orl_cache):
 
 
 def test_training_lowers_the_loss_on_real_faces(orl_cache):
+    from training.identity.checkpoint import build_net
     from training.identity.data import IdentityDataset, identity_meta, select_training
     from training.identity.prepare import load_cache
-    from training.identity.train import build_net, loss_terms
+    from training.identity.train import loss_terms
 
     out, _ = orl_cache
     cfg = _orl_only(
@@ -337,10 +338,11 @@ def test_select_training_keeps_fold_9_out_and_drops_overlapping_lfw_people(tmp_p
 
 def test_distillation_from_the_dlib_teacher_on_real_faces(orl_cache):
     pytest.importorskip("dlib")
+    from training.identity.checkpoint import build_net
     from training.identity.data import IdentityDataset, identity_meta, select_training
     from training.identity.prepare import load_cache
     from training.identity.teacher import TEACHER_FILE, teacher_embeddings
-    from training.identity.train import build_net, loss_terms
+    from training.identity.train import loss_terms
 
     out, _ = orl_cache
     with np.load(out / "orl.npz") as z:

@@ -348,8 +348,8 @@ def test_eval_cli_runs_the_device_chain_from_detector_boxes(real_data, tmp_path)
 
 
 def test_the_device_makes_the_re_crops_the_landmark_model_shipped_with(tmp_path):
-    from edge.faces import DEVICE_REFINE, device_refine
-    from edge.pipeline import FacePipeline
+    from edge.core.faces import DEVICE_REFINE, device_refine
+    from edge.core.pipeline import FacePipeline
     from training.landmarks.export import export_onnx
 
     ckpt = _tiny_checkpoint(tmp_path)

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edge.calibrate import calibrate_scores, dense_probe_pairs
-from edge.tracker import Observation, Tracker
+from edge.core.tracker import Observation, Tracker
+from edge.tools.calibrate import calibrate_scores, dense_probe_pairs
 
 REPO = Path(__file__).resolve().parents[1]
 SHIPPED_IDENTITY = REPO / "edge" / "models" / "identity" / "poseface_mfn.onnx"
@@ -108,8 +108,8 @@ def test_dense_probe_pairs_excludes_self_pairs():
 
 
 def test_source_overrides(tmp_path):
-    from edge.config import ConfigError
-    from edge.run import source_overrides
+    from edge.app.config.errors import ConfigError
+    from edge.app.run import source_overrides
 
     assert source_overrides("/dev/video0") == {"source.type": "v4l2", "source.device": "/dev/video0"}
     assert source_overrides("0")["source.type"] == "v4l2"
@@ -157,15 +157,15 @@ def _cfp(real_data, person: int, view: str, n: int) -> Path:
 
 
 def test_pipeline_on_real_photos(real_data, identity_model):
-    from edge.config import SHIPPED_LANDMARKS
+    from edge.core.matching import YawThresholds
+    from edge.core.pipeline import STAGES, FacePipeline
     from edge.detect.registry import build_detector
-    from edge.gallery import gallery_arrays_from
     from edge.imageio import read_image_bgr
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
     from edge.landmarks.landmarker import Landmarker
-    from edge.matching import YawThresholds
-    from edge.pipeline import STAGES, FacePipeline
     from edge.runtime.runner import load_model
+    from edge.shipped import SHIPPED_LANDMARKS
+    from edge.storage.gallery.records import gallery_arrays_from
 
     embedder = load_model(identity_model)
     landmarker = Landmarker(load_model(SHIPPED_LANDMARKS))
@@ -180,7 +180,7 @@ def test_pipeline_on_real_photos(real_data, identity_model):
     )
     image = read_image_bgr(_cfp(real_data, 401, "frontal", 1))
     face = enrol.process(image).faces[0]
-    from edge.faces import embed_batch
+    from edge.core.faces import embed_batch
 
     emb = embed_batch(embedder, [face.aligned])[0]
     gallery = gallery_arrays_from([("p401", emb, face.yaw)])
@@ -254,7 +254,7 @@ def test_edge_run_refuses_bad_input_with_one_line(tmp_path):
 
 
 def test_demo_people_reports_rates_and_writes_a_contact_sheet(real_data, identity_model, tmp_path):
-    from edge import demo_people
+    from edge.tools import demo_people
 
     model = identity_model
     meta = json.loads(Path(model).with_suffix(".json").read_text())
@@ -297,9 +297,9 @@ def test_demo_people_reports_rates_and_writes_a_contact_sheet(real_data, identit
 
 
 def test_bench_pipeline_reports_every_stage(real_data, identity_model):
-    from edge.bench import bench_pipeline, format_pipeline
-    from edge.config import SHIPPED_LANDMARKS
-    from edge.pipeline import STAGES
+    from edge.core.pipeline import STAGES
+    from edge.shipped import SHIPPED_LANDMARKS
+    from edge.tools.bench import bench_pipeline, format_pipeline
 
     rows = bench_pipeline(4, 1, 5, [("onnx fp32", SHIPPED_LANDMARKS, Path(identity_model))])
     assert rows[0]["frames"] == 4 and rows[0]["faces"] >= 3
@@ -379,8 +379,8 @@ def test_runner_reports_a_camera_outage_in_health_and_resumes(identity_model, tm
     import threading
     import time
 
-    from edge.config import load_config
-    from edge.run import Runner
+    from edge.app.config.load import load_config
+    from edge.app.run import Runner
     from tests.test_sources import MjpegServer
 
     server = MjpegServer(fps=20).start()
@@ -428,7 +428,7 @@ def test_face_store_writes_only_when_asked_and_prunes_by_retention(tmp_path):
     import os
     import time
 
-    from edge.face_store import FaceStore
+    from edge.storage.face_store import FaceStore
 
     now = [time.time()]
     store = FaceStore(tmp_path / "faces", retention_days=2, clock=lambda: now[0])

@@ -169,7 +169,7 @@ def test_shipped_landmark_variants_agree_with_fp32_on_real_faces(real_data):
 
 
 def test_shipped_identity_variants_agree_with_fp32_on_real_faces(real_data):
-    from edge.faces import embed_batch
+    from edge.core.faces import embed_batch
     from quantization.calibration import identity_faces
 
     files = _shipped("identity")

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from edge.config import SHIPPED_LANDMARKS, load_config
-from edge.service import (
+from edge.app.config.load import load_config
+from edge.app.service import (
     CPU_PROVIDER,
     Watchdog,
     choose_providers,
@@ -29,6 +29,7 @@ from edge.service import (
     install_sigterm_handler,
     notify,
 )
+from edge.shipped import SHIPPED_LANDMARKS
 
 FIRMWARE = Path(__file__).resolve().parents[1] / "firmware_configs"
 UNIT = FIRMWARE / "poseface-edge.service"
@@ -210,7 +211,7 @@ def test_sigterm_calls_back_and_tells_systemd(notify_socket):
 CHILD = textwrap.dedent(
     """
     import sys, threading, time
-    from edge.service import install_sigterm_handler
+    from edge.app.service import install_sigterm_handler
 
     stop = threading.Event()
     stuck = sys.argv[1] == "stuck"

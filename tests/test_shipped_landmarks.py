@@ -54,7 +54,7 @@ def test_shipped_model_scores_what_its_metadata_says(real_data, tmp_path):
 
 def test_demo_writes_an_annotated_picture(real_data, tmp_path):
     res = subprocess.run(
-        [sys.executable, "-m", "edge.demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600
+        [sys.executable, "-m", "edge.tools.demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600
     )
     assert res.returncode == 0, res.stderr[-2000:]
     report = json.loads((tmp_path / "landmarks_demo.json").read_text())

@@ -16,7 +16,6 @@ import cv2
 import numpy as np
 import pytest
 
-from edge.faults import cut_server, serve_on_loopback
 from edge.sources import (
     SOURCES,
     Backoff,
@@ -33,6 +32,7 @@ from edge.sources.jetson import jetson_csi_pipeline, jetson_csi_source
 from edge.sources.mjpeg import MjpegHttpSource, MultipartReader, multipart_boundary
 from edge.sources.picamera import PICAMERA2_MISSING, Picamera2Source
 from edge.sources.reconnect import backoff_from_config
+from edge.tools.faults import cut_server, serve_on_loopback
 from tests.conftest import real_subset
 
 FAST = {"initial": 0.05, "factor": 2.0, "max": 0.2, "jitter": 0.1}

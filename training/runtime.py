@@ -14,9 +14,9 @@ the student in ``training.identity.student``) take the same code path on a CPU, 
   environment) a run is DistributedDataParallel over NCCL (CUDA) or gloo (CPU). The recipe's
   ``batch_size`` is the *global* batch (each process takes ``batch_size / world_size``), so a
   recipe's learning rate and schedule mean the same on 1 or 8 GPUs and a run resumes under any
-  world size. Rank 0 alone logs, validates and writes files (atomically); the others wait at a
-  barrier. Checkpoints hold the unwrapped model and load on the CPU first (``load_state``), then
-  move: a run started on a GPU resumes on a CPU and the other way round.
+  world size. Rank 0 alone logs, validates and writes files (atomically, :mod:`training.run_folder`);
+  the others wait at a barrier. Checkpoints hold the unwrapped model and load on the CPU first
+  (``load_state``), then move: a run started on a GPU resumes on a CPU and the other way round.
 
 Without torchrun nothing here changes what a CPU run computed before: no autocast for fp32, the
 GradScaler disabled (a pass-through), the same DataLoader and the same sampler.
@@ -26,11 +26,9 @@ from __future__ import annotations
 
 import contextlib
 import datetime
-import json
 import os
 import re
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -43,29 +41,6 @@ CHANNELS_LAST = ("auto", "on", "off")
 # Rank 0 validates, pseudo-labels (STC) and detects faces while the others wait at a barrier:
 # a collective's default timeout (10 min on NCCL) is too short for that.
 BARRIER_TIMEOUT = datetime.timedelta(hours=4)
-
-
-# ------------------------------------------------------------------ files (rank 0 writes them)
-
-
-def atomic_save(obj, path: Path) -> None:
-    """``torch.save`` to a temporary file beside ``path``, then rename: a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
-def write_json(path: Path, payload) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(payload, indent=1) + "\n")
-    os.replace(tmp, path)
-
-
-def load_state(path) -> dict:
-    """A checkpoint, its tensors on the CPU whatever device wrote it (move the model afterwards)."""
-    return torch.load(path, map_location="cpu", weights_only=False)
 
 
 # ------------------------------------------------------------------ device and precision

@@ -11,6 +11,12 @@ from pathlib import Path
 
 from edge.runtime.meta import load_meta
 
+# The section of a model card that ``python -m quantization.report --cards`` writes (the variants'
+# numbers), between these two lines. Defined here, on the training side, because quantization
+# imports training and never the other way round.
+CARD_BEGIN = "<!-- quantization report: begin (written by python -m quantization.report --cards) -->"
+CARD_END = "<!-- quantization report: end -->"
+
 OUR_CHOICES = """\
 The PoseFace paper gives no formulas we could verify; these choices are ours:
 - **Pose-Adaptive ArcFace**: m_i = m_b + r_i * dm with r_i = min(|yaw_i| / 60 deg, 1), m_b = 0.5 (a frontal face
@@ -99,8 +105,6 @@ def ablation_section(ablation: Path | None, title: str, intro: str) -> list[str]
 def write_card_text(out: Path, text: str) -> Path:
     """Write a card atomically, keeping the section ``python -m quantization.report --cards``
     wrote into an earlier version of it (the variants' numbers are not this writer's to drop)."""
-    from quantization.report import CARD_BEGIN, CARD_END
-
     old = out.read_text() if out.exists() else ""
     if CARD_BEGIN in old and CARD_END in old:
         text = text.rstrip() + "\n\n" + old[old.index(CARD_BEGIN) : old.index(CARD_END) + len(CARD_END)] + "\n"

@@ -19,8 +19,8 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from edge.core.faces import alignment_for, embed_batch, prepare_largest_face
 from edge.datasets.cfp import cfp_photos, fold_identities, fold_pairs
-from edge.faces import alignment_for, embed_batch, prepare_largest_face
 from edge.geometry.align import AlignmentSpec
 from edge.imageio import read_image_bgr
 from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
@@ -183,7 +183,7 @@ def fold_photos(root, folds: Sequence[int]):
 
 
 class RunnerEmbedder:
-    """Our identity model (any edge runner) on the aligned crops of :func:`edge.faces.prepare_faces`."""
+    """Our identity model (any edge runner) on the aligned crops of :func:`edge.core.faces.prepare_faces`."""
 
     needs_image = False
 
@@ -197,7 +197,7 @@ class RunnerEmbedder:
 
 
 def default_landmark_model() -> Path:
-    from edge.enroll import LANDMARK_MODEL
+    from edge.app.enroll import LANDMARK_MODEL
 
     return LANDMARK_MODEL
 
@@ -206,14 +206,14 @@ def default_landmark_model() -> Path:
 class PreparedPhoto:
     key: str
     path: Path
-    face: object  # edge.faces.PreparedFace, or None when no face was found
+    face: object  # edge.core.faces.PreparedFace, or None when no face was found
 
 
 def prepare_photos(
     root, folds: Sequence[int], landmarker, boxes: str, spec: AlignmentSpec, progress: bool = True
 ) -> list[PreparedPhoto]:
     """Every photo of ``folds`` under ``root`` through the device chain, aligned as ``spec`` says
-    (the identity model's :func:`edge.faces.alignment_for`).
+    (the identity model's :func:`edge.core.faces.alignment_for`).
 
     ``boxes``: "fiducials" (the photo's hand-marked points give the first box: the oracle,
     no detector failure) or "detector" (BlazeFace short range, the largest face, the device's
@@ -279,7 +279,7 @@ def load_embedder(model: Path, threads: int = 1):
     if not model.exists():
         raise FileNotFoundError(f"--model {model}: no such file")
     if model.suffix == ".pt":
-        from training.identity.train import load_checkpoint
+        from training.identity.checkpoint import load_checkpoint
         from training.nn.runner import TorchRunner
 
         net, meta, _ = load_checkpoint(model)

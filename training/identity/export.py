@@ -1,7 +1,7 @@
 """Export the identity path (trunk + identity projection) of a checkpoint to ONNX, opset 17.
 
 The pose branch is training-only and is not in the graph. Output ``embedding`` (N, D) is not
-normalised: the runtime L2-normalises it (``edge.faces.embed_batch``).
+normalised: the runtime L2-normalises it (``edge.core.faces.embed_batch``).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import torch
 
 from edge.runtime.meta import file_sha256, save_meta
 from edge.runtime.runner import load_model
-from training.identity.train import load_checkpoint
+from training.identity.checkpoint import load_checkpoint
 
 TOLERANCE = 1e-4
 

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge.core.faces import prepare_faces
 from edge.datasets.cfp import cfp_photos, fold_identities, parse_folds
 from edge.datasets.lfw import lfw_people
 from edge.datasets.root import require_data_root
-from edge.faces import prepare_faces
 from edge.geometry.align import DLIB_150
 from edge.imageio import read_image_bgr
 from training.identity.prepare import ANNOTATION_REFINE, LFW_CROP, cfp_fiducial_crop

@@ -1,5 +1,5 @@
 """Aligned-face cache for identity training: every usable face of CFP, LFW and ORL, prepared by
-the device's own chain (:mod:`edge.faces`: PIPNet landmarks, shared head pose, 5-point
+the device's own chain (:mod:`edge.core.faces`: PIPNet landmarks, shared head pose, 5-point
 alignment to 112x112), with the pose signal PoseFace trains on.
 
     python -m training.identity prepare --out CACHE [--alignment arcface_5|dlib_68] [--size S]
@@ -31,11 +31,11 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
+from edge.core.faces import prepare_faces, rough_crop_box
 from edge.datasets.cfp import CFP_FOLD_SIZE, cfp_photos, fiducial_box, read_fiducials
 from edge.datasets.lfw import lfw_people
 from edge.datasets.orl import orl_photos
 from edge.datasets.root import require_data_root
-from edge.faces import prepare_faces, rough_crop_box
 from edge.geometry.align import ARCFACE_112, AlignmentSpec
 from edge.imageio import read_image_bgr
 
@@ -53,7 +53,7 @@ def cfp_fiducial_crop(photo) -> np.ndarray:
 
 def cfp_fiducial_face(photo, landmarker, spec: AlignmentSpec, image: np.ndarray | None = None):
     """The device chain on a CFP photo from its fiducial crop, aligned as ``spec`` says
-    (``edge.faces.PreparedFace``, or None when no head pose fits): what fiducial-box evaluation
+    (``edge.core.faces.PreparedFace``, or None when no head pose fits): what fiducial-box evaluation
     and int8 calibration feed."""
     image = read_image_bgr(photo.image_path) if image is None else image
     return prepare_faces(image, [cfp_fiducial_crop(photo)], landmarker, spec, refine=ANNOTATION_REFINE)[0]
@@ -149,7 +149,7 @@ def prepare_cache(
     progress=True,
     spec: AlignmentSpec = ARCFACE_112,
 ) -> dict:
-    from edge.enroll import LANDMARK_MODEL
+    from edge.app.enroll import LANDMARK_MODEL
     from training.landmarks.evalcli import load_landmarker
 
     data_root = Path(data_root) if data_root else require_data_root()

@@ -27,8 +27,8 @@ def model_size(path: str) -> dict:
 
         f = model_path().parent / "dlib_face_recognition_resnet_model_v1.dat"
         return {"file_mib": round(f.stat().st_size / 2**20, 2), "parameters": None}
+    from training.identity.checkpoint import load_checkpoint
     from training.identity.model import exported_parameters
-    from training.identity.train import load_checkpoint
 
     net, _, _ = load_checkpoint(Path(path))
     return {"parameters": exported_parameters(net), "file_mib": round(exported_parameters(net) * 4 / 2**20, 2)}

@@ -174,11 +174,13 @@ def student_meta(cfg: StudentConfig, teacher_spec: AlignmentSpec, teacher_ckpt: 
 
 def train_student(cfg: StudentConfig, run_dir: Path, data_root=None) -> dict:
     from edge.datasets.root import require_data_root
+    from training.identity.checkpoint import load_checkpoint
     from training.identity.losses import build_head
     from training.identity.model import IdentityNet, exported_parameters
     from training.identity.prepare import cache_alignment, load_cache
-    from training.identity.train import load_checkpoint, lr_at, plot_curves, validate
-    from training.runtime import atomic_save, load_state, setup, use_channels_last, write_json
+    from training.identity.train import lr_at, plot_curves, validate
+    from training.run_folder import append_metrics, atomic_save, load_state, write_json
+    from training.runtime import setup, use_channels_last
 
     rt = setup(cfg.device, cfg.precision)
     if rt.distributed:
@@ -284,8 +286,7 @@ def train_student(cfg: StudentConfig, run_dir: Path, data_root=None) -> dict:
             **{f"val_{k}": v for k, v in val.items()},
         }
         row["loss_ce"] = row.get("loss_distill", 0.0)  # the curve plot's second line: the distillation term
-        with open(log_path, "a") as fh:
-            fh.write(json.dumps(row) + "\n")
+        append_metrics(log_path, row)
         print(json.dumps(row), flush=True)
         state = {"model": net.state_dict(), "config": to_dict(recipe), "meta": meta.to_dict(), "epoch": epoch}
         if val["score"] > best["score"] or not cfg.val_cfp_folds:

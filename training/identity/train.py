@@ -35,8 +35,9 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from edge.metrics.verification import best_threshold, eer
-from edge.runtime.meta import ModelMeta, meta_from_dict
-from training.config import from_dict, to_dict
+from edge.runtime.meta import ModelMeta
+from training.config import to_dict
+from training.identity.checkpoint import build_net
 from training.identity.config import IdentityTrainConfig
 from training.identity.data import (
     FrozenFeatureDataset,
@@ -51,9 +52,10 @@ from training.identity.model import IdentityNet, exported_parameters, import_dli
 from training.identity.prepare import cache_alignment, load_cache
 from training.nn.dlib_resnet import LICENCE as DLIB_LICENCE
 from training.nn.dlib_resnet import ORIGIN as DLIB_ORIGIN
-from training.runtime import DeviceRunner, atomic_save, load_state, setup, use_channels_last, write_json
+from training.run_folder import append_metrics, atomic_save, load_state, read_metrics, write_json
+from training.runtime import DeviceRunner, setup, use_channels_last
 
-__all__ = ["STREAMED_SOURCES", "atomic_save", "train", "write_json"]
+__all__ = ["STREAMED_SOURCES", "train"]
 
 # train() reads streamed sources (cfg.train_source): the CLI checks this before accepting
 # --train-folder / --train-rec.
@@ -61,28 +63,6 @@ STREAMED_SOURCES = True
 # RegularFace over all classes (regularface_batch_only = false) forms a C x C cosine matrix each
 # step: above this many classes the recipe must use the batch's classes only.
 REGULARFACE_ALL_MAX = 20_000
-
-
-def build_net(cfg: IdentityTrainConfig, input_size: int = 112) -> IdentityNet:
-    return IdentityNet(
-        cfg.trunk,
-        cfg.width,
-        cfg.depth,
-        cfg.embedding_dim,
-        pose_dim=cfg.pose_dim,
-        input_size=input_size,
-        embedding_bn=cfg.embedding_bn,
-    )
-
-
-def load_checkpoint(path: Path) -> tuple[IdentityNet, ModelMeta, dict]:
-    """The checkpoint's net on the CPU (whatever device trained it), in eval mode."""
-    ckpt = load_state(path)
-    cfg = from_dict(IdentityTrainConfig, ckpt["config"])
-    net = build_net(cfg, int(ckpt["meta"]["input_size"][0]))
-    net.load_state_dict(ckpt["model"])
-    net.eval()
-    return net, meta_from_dict(ckpt["meta"], str(path)), ckpt
 
 
 def validate(net: IdentityNet, meta: ModelMeta, cache: dict, folds, root) -> dict:
@@ -226,7 +206,7 @@ class Original:
 
 def embed_images(net: IdentityNet, meta: ModelMeta, images: np.ndarray) -> np.ndarray:
     """(N, D) unit embeddings of cached crops by ``net`` (device preprocessing, eval mode)."""
-    from edge.faces import embed_batch
+    from edge.core.faces import embed_batch
 
     return embed_batch(DeviceRunner(net, meta), images, batch_size=64)
 
@@ -401,8 +381,7 @@ def train(cfg: IdentityTrainConfig, run_dir: Path, data_root=None) -> dict:
             }
             if cfg.train_source:
                 row["broken_records"] = broken
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_metrics(log_path, row)
             print(json.dumps(row), flush=True)
             state = {"model": net.state_dict(), "config": to_dict(cfg), "meta": meta.to_dict(), "epoch": epoch}
             # Without validation folds the run keeps its last epoch (the cosine schedule ends there).
@@ -436,7 +415,7 @@ def plot_curves(log_path: Path, out: Path) -> None:
 
     if not log_path.exists():
         return
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(log_path)
     if not rows:
         return
     ep = [r["epoch"] for r in rows]

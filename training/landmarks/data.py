@@ -1,19 +1,25 @@
-"""Landmark samples and the torch Dataset that crops, augments and builds PIPNet targets."""
+"""Landmark samples, the crop boxes of photos whose points do not give one, and the torch Dataset
+that crops, augments and builds PIPNet targets."""
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
+from edge.detect.registry import build_detector
 from edge.imageio import read_image_bgr
-from edge.landmarks.crop import apply_affine, crop_matrix, landmark_crop_box
+from edge.landmarks.crop import BLAZEFACE_SHORT_CROP, apply_affine, crop_matrix, landmark_crop_box
 from edge.runtime.meta import ModelMeta
 from edge.runtime.preprocess import preprocess
 from training.landmarks.augment import AugmentConfig, crop_for_training
 from training.landmarks.targets import make_targets
+from training.run_folder import write_json
+from training.runtime import is_main_process
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,20 @@ def mean_face(samples: list[LandmarkSample], size: int) -> np.ndarray:
     """(68, 2) mean landmarks in crop pixels under the test crop policy."""
     shapes = [apply_affine(s.points, crop_matrix(landmark_crop_box(s.points), size)) for s in samples]
     return np.mean(shapes, axis=0)
+
+
+def detect_crop_boxes(paths: list[Path], cache: Path, min_score: float) -> dict[str, list[float]]:
+    """Crop box per image (best BlazeFace detection at or above ``min_score``), cached as JSON."""
+    boxes: dict[str, list[float]] = json.loads(cache.read_text()) if cache.exists() else {}
+    todo = [p for p in paths if str(p) not in boxes]
+    if todo:
+        detector = build_detector({"type": "blazeface", "range": "short"})
+        for p in tqdm(todo, desc="detect unlabeled faces", mininterval=10):
+            dets = [d for d in detector.detect(read_image_bgr(p)) if d.score >= min_score]
+            boxes[str(p)] = BLAZEFACE_SHORT_CROP.crop_box(dets[0].box).tolist() if dets else []
+        if is_main_process():
+            write_json(cache, boxes)
+    return {k: v for k, v in boxes.items() if v}
 
 
 class LandmarkDataset(torch.utils.data.Dataset):

@@ -104,9 +104,9 @@ def predict_from_detector(
     overlaps the labelled face) and how many faces had none."""
     from tqdm import tqdm
 
+    from edge.core.faces import face_landmarks
     from edge.detect import build_detector
     from edge.detect.base import box_iou
-    from edge.faces import face_landmarks
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP, landmark_crop_box
 
     detector = detector or build_detector({"type": "blazeface", "range": "short"})

@@ -12,10 +12,10 @@ from __future__ import annotations
 import numpy as np
 from tqdm import tqdm
 
+from edge.core.faces import largest_face_landmarks
 from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
 from edge.datasets.cfp_fiducials import fiducials_to_ibug68
 from edge.detect.registry import build_detector
-from edge.faces import largest_face_landmarks
 from edge.geometry.headpose import head_pose, head_pose_of_known_points
 from edge.imageio import read_image_bgr
 from edge.landmarks.crop import BLAZEFACE_SHORT_CROP

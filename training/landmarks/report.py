@@ -23,11 +23,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from edge.bench import bench
 from edge.landmarks.crop import landmark_crop_box
 from edge.landmarks.landmarker import Landmarker
 from edge.metrics.landmarks import nme
 from edge.runtime.runner import load_model
+from edge.tools.bench import bench
 from training.landmarks.evalcli import load_landmarker, plot_ced, score, split_faces, yaw_of
 from training.landmarks.evaluate import predict_faces
 from training.landmarks.train import load_checkpoint
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
 
         shutil.copy(args.out / "ced.png", args.ship.parent / "ced.png")
     print(json.dumps({k: v for k, v in report.items() if k != "latency"}, indent=1)[:4000])
-    from edge.bench import format_table
+    from edge.tools.bench import format_table
 
     print(format_table(report["latency"]))
     return 0

@@ -27,14 +27,13 @@ from tqdm import tqdm
 
 from edge.datasets.cfp import cfp_photos, fold_identities
 from edge.datasets.lfw import lfw_people
-from edge.detect.registry import build_detector
 from edge.imageio import read_image_bgr
-from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 from edge.landmarks.landmarker import Landmarker
 from training.landmarks.config import LandmarkTrainConfig
-from training.landmarks.data import LandmarkSample
-from training.landmarks.train import fit, load_checkpoint, prepare_run, write_json
-from training.runtime import DeviceRunner, is_main_process, setup
+from training.landmarks.data import LandmarkSample, detect_crop_boxes
+from training.landmarks.train import fit, load_checkpoint, prepare_run
+from training.run_folder import write_json
+from training.runtime import DeviceRunner, setup
 
 STC_CFP_FOLDS = tuple(range(1, 9))
 
@@ -48,20 +47,6 @@ def unlabeled_pool(data_root=None) -> dict[str, list[Path]]:
         "cfp_frontal": [p.image_path for p in cfp_photos(cfp_root, identities=ids, views=("frontal",))],
         "cfp_profile": [p.image_path for p in cfp_photos(cfp_root, identities=ids, views=("profile",))],
     }
-
-
-def detect_crop_boxes(paths: list[Path], cache: Path, min_score: float) -> dict[str, list[float]]:
-    """Crop box per image (best BlazeFace detection at or above ``min_score``), cached as JSON."""
-    boxes: dict[str, list[float]] = json.loads(cache.read_text()) if cache.exists() else {}
-    todo = [p for p in paths if str(p) not in boxes]
-    if todo:
-        detector = build_detector({"type": "blazeface", "range": "short"})
-        for p in tqdm(todo, desc="detect unlabeled faces", mininterval=10):
-            dets = [d for d in detector.detect(read_image_bgr(p)) if d.score >= min_score]
-            boxes[str(p)] = BLAZEFACE_SHORT_CROP.crop_box(dets[0].box).tolist() if dets else []
-        if is_main_process():
-            write_json(cache, boxes)
-    return {k: v for k, v in boxes.items() if v}
 
 
 def choose_subset(pool: dict[str, list[Path]], boxes: dict, n: int, cfp_fraction: float, rng) -> list[Path]:

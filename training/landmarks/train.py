@@ -32,20 +32,13 @@ from edge.metrics.landmarks import summarise
 from edge.runtime.meta import ModelMeta, meta_from_dict
 from training.config import from_dict, to_dict
 from training.landmarks.config import LandmarkTrainConfig
-from training.landmarks.data import LandmarkDataset, LandmarkSample, mean_face
+from training.landmarks.data import LandmarkDataset, LandmarkSample, detect_crop_boxes, mean_face
 from training.landmarks.evaluate import evaluate_labelled
 from training.landmarks.meta import landmark_meta
 from training.landmarks.model import PipNet
 from training.landmarks.targets import pipnet_loss
-from training.runtime import (  # noqa: F401  (atomic_save, write_json: importable from here as before)
-    DeviceRunner,
-    atomic_save,
-    is_main_process,
-    load_state,
-    setup,
-    use_channels_last,
-    write_json,
-)
+from training.run_folder import append_metrics, atomic_save, load_state, read_metrics, write_json
+from training.runtime import DeviceRunner, is_main_process, setup, use_channels_last
 
 
 def labelled_300w(cfg: LandmarkTrainConfig, root=None) -> tuple[list[LandmarkSample], list[LandmarkSample]]:
@@ -194,8 +187,7 @@ def fit(
                 **{f"loss_{k}": v / max(1, len(loader)) for k, v in means.items()},
                 **{f"val_{k}": v for k, v in scores.items()},
             }
-            with open(log_path, "a") as fh:
-                fh.write(json.dumps(row) + "\n")
+            append_metrics(log_path, row)
             print(json.dumps(row))
             state = {"model": model.state_dict(), "config": to_dict(cfg), "meta": meta.to_dict()}
             if scores["nme"] < best["nme"]:
@@ -243,7 +235,7 @@ def plot_curves(log_path: Path, out: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+    rows = read_metrics(log_path)
     if not rows:
         return
     ep = [r["epoch"] for r in rows]
@@ -305,7 +297,6 @@ def cfp_fiducial_samples(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None
         return []
     from edge.datasets.cfp import cfp_photos, fold_identities, read_fiducials
     from edge.datasets.cfp_fiducials import fiducials_to_ibug68
-    from training.landmarks.stc import detect_crop_boxes
 
     if is_main_process():
         run_dir.mkdir(parents=True, exist_ok=True)

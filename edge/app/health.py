@@ -4,7 +4,7 @@ Binds to loopback by default; when a token is configured every request must send
 ``Authorization: Bearer <token>`` (compared in constant time). Runs on a daemon thread and only
 reads a snapshot the frame loop publishes, so a slow client can never stall the loop.
 ``/metrics`` is served by ``prometheus_client`` from a registry private to this server
-(:mod:`edge.metrics_prom`: counters, per-stage latency histograms and gauges, with HELP and
+(:mod:`edge.app.metrics_prom`: counters, per-stage latency histograms and gauges, with HELP and
 TYPE, labelled by camera).
 """
 
@@ -16,7 +16,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-from edge.metrics_prom import exposition, snapshot_registry
+from edge.app.metrics_prom import exposition, snapshot_registry
 
 
 class HealthServer:

@@ -1,6 +1,6 @@
 """One frame in, faces and events out: detect -> landmarks -> head pose + align -> embed ->
 match -> tracker -> events. A plain object with the tracks as its state, so it is tested frame
-by frame; the run loop (``edge.run``) owns the camera, timing, service protocol and sinks.
+by frame; the run loop (``edge.app.run``) owns the camera, timing, service protocol and sinks.
 
 Stage latencies are measured per frame (milliseconds) and kept for health and the benchmark:
 ``detect``, ``landmarks``, ``pose_align``, ``embed``, ``match`` and ``frame`` (end to end).
@@ -16,12 +16,12 @@ from typing import Callable
 
 import numpy as np
 
-from edge import events as ev
-from edge.faces import alignment_for, device_refine, embed_batch, face_landmarks, faces_from_landmarks
-from edge.gallery import GalleryArrays
+from edge.core import events as ev
+from edge.core.faces import alignment_for, device_refine, embed_batch, face_landmarks, faces_from_landmarks
+from edge.core.matching import MatchResult, YawThresholds, match
+from edge.core.tracker import Observation, Tracker
 from edge.geometry.align import ARCFACE_112
-from edge.matching import MatchResult, YawThresholds, match
-from edge.tracker import Observation, Tracker
+from edge.storage.gallery.records import GalleryArrays
 
 STAGES = ("detect", "landmarks", "pose_align", "embed", "match", "frame")
 

@@ -1,6 +1,6 @@
 """Event documents: what the runtime tells the world, with a stable, versioned schema.
 
-Every event is one JSON object (``edge/event_schema.json`` is its JSON Schema)::
+Every event is one JSON object (``edge/core/event_schema.json``, beside this file, is its JSON Schema)::
 
     {"schema": "poseface.event/1", "type": "recognised", "time": "2024-05-01T12:00:00.123Z",
      "source": "camera0", "track_id": 7, "identity": "Ada", "score": 0.61, "yaw": -32.5,

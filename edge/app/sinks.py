@@ -36,10 +36,12 @@ from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 from edge import __version__
-from edge.events import Event
-from edge.homeassistant import DEFAULT_DISCOVERY_PREFIX, OFFLINE, ONLINE, HomeAssistant, HomeAssistantError
+from edge.app.homeassistant import DEFAULT_DISCOVERY_PREFIX, OFFLINE, ONLINE, HomeAssistant, HomeAssistantError
+from edge.core.events import Event
 
-log = logging.getLogger(__name__)
+# The name a log line shows (%(name)s) since before the module moved to edge/app: what an
+# operator filters the journal by.
+log = logging.getLogger("edge.sinks")
 
 DEFAULT_QUEUE_SIZE = 1000
 
@@ -437,7 +439,7 @@ class MqttSink(QueuedSink):
     that died as gone. ``homeassistant=True`` also publishes Home Assistant MQTT discovery
     configs under ``discovery_prefix`` for each camera the runner announces, and keeps their
     states current from the events; with it off, those retained topics are cleared when the sink
-    connects (see :mod:`edge.homeassistant`).
+    connects (see :mod:`edge.app.homeassistant`).
 
     ``client`` replaces the paho client (tests, or a client configured elsewhere): it needs
     ``is_connected()`` and ``publish(topic, payload, qos)`` returning an object with ``rc``,

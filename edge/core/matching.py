@@ -16,7 +16,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from edge.gallery import GalleryArrays
+from edge.storage.gallery.records import GalleryArrays
 
 # Upper edges of the |yaw| bins in degrees: [0, 15), [15, 30), [30, 45), [45, 180].
 DEFAULT_YAW_EDGES = (15.0, 30.0, 45.0)
@@ -134,7 +134,7 @@ def identity_scores(probe: Any, gallery: GalleryArrays) -> list[tuple[str, float
 
     An identity's score is its best template's: templates cover different poses, and the one
     closest to the probe's pose is the fair comparison. The gallery rows are unit vectors
-    (as :meth:`edge.gallery.Gallery.templates` returns them).
+    (as :meth:`edge.storage.gallery.store.Gallery.templates` returns them).
     """
     names, embeddings, yaws = gallery
     if len(names) == 0:

@@ -27,7 +27,7 @@ message each, which is how HA removes a discovered entity; where there was none,
 changes), so removing the option removes the entities; ``python -m edge.run
 --homeassistant-remove`` does only that.
 
-This module is plain Python: it builds the messages; :class:`edge.sinks.MqttSink` sends them.
+This module is plain Python: it builds the messages; :class:`edge.app.sinks.MqttSink` sends them.
 """
 
 from __future__ import annotations
@@ -39,7 +39,7 @@ import threading
 from dataclasses import dataclass, field
 
 from edge import __version__
-from edge.events import Event
+from edge.core.events import Event
 
 STATE_ROOT = "poseface"
 ONLINE = "online"

@@ -17,24 +17,24 @@ classifies each outcome as
 
 Targets (function, documented error):
 
-==================  =====================================================  =================
-config              :func:`edge.config.load_config`                        ConfigError
-gallery_export      :func:`edge.gallery.read_export`, then ``import_``     GalleryError
-                    into a fresh gallery when the file is accepted
-identity_names      :func:`edge.gallery.validate_name`, then a gallery     GalleryError
-                    round trip (add_identity, list) of every valid name
-images              :func:`edge.imageio.read_image_bgr`                    ImageReadError
-model_meta          :func:`edge.runtime.meta.meta_from_dict`, ``load_meta``  MetaError
-model_files         :func:`edge.runtime.load_model` on corrupted copies    ModelFileError
+==================  =============================================================  ==================
+config              :func:`edge.app.config.load.load_config`                       ConfigError
+gallery_export      :func:`edge.storage.gallery.exchange.read_export`, then        GalleryError
+                    ``import_`` into a fresh gallery when the file is accepted
+identity_names      :func:`edge.storage.gallery.records.validate_name`, then       GalleryError
+                    a gallery round trip (add_identity, list) of every valid name
+images              :func:`edge.imageio.read_image_bgr`                            ImageReadError
+model_meta          :func:`edge.runtime.meta.meta_from_dict`, ``load_meta``        MetaError
+model_files         :func:`edge.runtime.load_model` on corrupted copies            ModelFileError
                     of the shipped int8 ONNX and TFLite identity models
-pts                 :func:`edge.datasets.pts.read_pts`                     DatasetFormatError
-==================  =====================================================  =================
+pts                 :func:`edge.datasets.pts.read_pts`                             DatasetFormatError
+==================  =============================================================  ==================
 
 Runs are deterministic for a given ``seed`` and Hypothesis version (no example database, no
 shrinking: a crash is reported as generated). Hypothesis is imported only inside the functions
 that need it: a device without it still imports this module, like the rest of ``edge/``.
 
-``python -m edge.fuzz [--examples 200] [--seed 0] [--target NAME ...]`` prints the report as
+``python -m edge.tools.fuzz [--examples 200] [--seed 0] [--target NAME ...]`` prints the report as
 JSON; exit code 1 when anything crashed.
 """
 
@@ -58,7 +58,7 @@ from typing import Any, Callable, Iterable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-PACKAGE_DIR = Path(__file__).resolve().parent
+PACKAGE_DIR = Path(__file__).resolve().parents[1]  # edge/: a crash's own frames are the package's
 REPO_DIR = PACKAGE_DIR.parent
 IDENTITY_MODELS = PACKAGE_DIR / "models" / "identity"
 IDENTITY_META = IDENTITY_MODELS / "poseface_mfn.json"
@@ -526,7 +526,7 @@ HOSTILE_PATHS = (
 def _config_schema() -> dict[tuple[str, ...], tuple[dict, Any, str]]:
     """Every key of the runtime config: (section, key) -> (field metadata, default as plain data,
     kind: "path", "float", "int", "floats" (a list), or "other")."""
-    from edge import config as cfgmod
+    from edge.app.config.schema import RuntimeConfig
 
     out: dict[tuple[str, ...], tuple[dict, Any, str]] = {}
 
@@ -554,7 +554,7 @@ def _config_schema() -> dict[tuple[str, ...], tuple[dict, Any, str]]:
                 default = None
             out[prefix + (f.name,)] = (dict(f.metadata), _plain(default), kind_of(hints[f.name]))
 
-    walk(cfgmod.RuntimeConfig, ())
+    walk(RuntimeConfig, ())
     return out
 
 
@@ -580,18 +580,22 @@ def _good_values(meta: Mapping[str, Any], default: Any, kind: str = "other") -> 
 def _config_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge import config as cfgmod
+    from edge.app.config.errors import ConfigError
+    from edge.app.config.load import load_config
+    from edge.app.config.profiles import available_profiles, profile_dirs
+    from edge.app.config.schema import BACKENDS, PRECISIONS, SINKS
+    from edge.shipped import SHIPPED_LANDMARKS
 
     path = work / "fuzz_config.toml"
     schema = _config_schema()
     keys = sorted(schema)
     sections = sorted({k[0] for k in keys if len(k) > 1})
     sink_fields: dict[str, tuple[dict, Any]] = {}
-    for cls in cfgmod.SINKS.values():
+    for cls in SINKS.values():
         for f in dataclasses.fields(cls):
             default = None if f.default is dataclasses.MISSING else _plain(f.default)
             sink_fields.setdefault(f.name, (dict(f.metadata), default))
-    profile_files = [p for d in cfgmod.profile_dirs(work) if d.is_dir() for p in sorted(d.glob("*.toml"))]
+    profile_files = [p for d in profile_dirs(work) if d.is_dir() for p in sorted(d.glob("*.toml"))]
     # A refusal names the fuzzed file, or the profile file the fuzzed file pulled in.
     names = (path.name, *(p.name for p in profile_files))
 
@@ -609,7 +613,7 @@ def _config_target(work: Path):
         lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
         max_leaves=5,
     )
-    paths = st.one_of(st.sampled_from(HOSTILE_PATHS), st.text(max_size=20), st.just(str(cfgmod.SHIPPED_LANDMARKS)))
+    paths = st.one_of(st.sampled_from(HOSTILE_PATHS), st.text(max_size=20), st.just(str(SHIPPED_LANDMARKS)))
     hostile_text = st.one_of(st.sampled_from(HOSTILE_STRINGS), st.text(max_size=30))
 
     def value_for(meta: Mapping[str, Any], default: Any, kind: str = "other"):
@@ -620,7 +624,7 @@ def _config_target(work: Path):
     def sinks(draw) -> list:
         out = []
         for _ in range(draw(st.integers(0, 3))):
-            table: dict[str, Any] = {"type": draw(st.one_of(st.sampled_from(sorted(cfgmod.SINKS)), scalars, values))}
+            table: dict[str, Any] = {"type": draw(st.one_of(st.sampled_from(sorted(SINKS)), scalars, values))}
             good = {"host": "broker.local", "url": "https://example.org/hook", "path": "events.jsonl"}
             for key in draw(st.lists(st.sampled_from(sorted(sink_fields)), max_size=3)):
                 meta, default = sink_fields[key]
@@ -630,7 +634,7 @@ def _config_target(work: Path):
         return out
 
     profile_values = st.one_of(
-        st.sampled_from(cfgmod.available_profiles(work) or ["pi4"]),
+        st.sampled_from(available_profiles(work) or ["pi4"]),
         st.sampled_from(("missing", "missing.toml", "../x.toml", "pi4.toml", "pi 4", "n" * 300 + ".toml")),
         st.sampled_from(HOSTILE_STRINGS),
         values,
@@ -660,8 +664,8 @@ def _config_target(work: Path):
         if pick == 7:
             return {"privacy": {"store_face_images": True, "face_images_dir": draw(paths)}}
         if pick == 8:
-            backend = draw(st.sampled_from(cfgmod.BACKENDS))
-            precision = draw(st.sampled_from(cfgmod.PRECISIONS))
+            backend = draw(st.sampled_from(BACKENDS))
+            precision = draw(st.sampled_from(PRECISIONS))
             section = draw(st.sampled_from(("landmarks", "embedding")))
             return {"runtime": {"backend": backend, "precision": precision}, section: {"model": draw(paths)}}
         if pick == 9:
@@ -732,7 +736,7 @@ def _config_target(work: Path):
 
     def run_one(case: Case) -> Outcome:
         path.write_bytes(case.data)
-        return classify(lambda: cfgmod.load_config(path), cfgmod.ConfigError, names)
+        return classify(lambda: load_config(path), ConfigError, names)
 
     return strategy, run_one
 
@@ -867,7 +871,8 @@ def _json_mutation(
 def _gallery_export_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge.gallery import Gallery, GalleryError, Template
+    from edge.storage.gallery.records import GalleryError, Template
+    from edge.storage.gallery.store import Gallery
 
     rng = np.random.default_rng(0)
     with Gallery.open(work / "source.sqlite") as gallery:
@@ -928,7 +933,7 @@ def _gallery_export_target(work: Path):
     )
 
     def load() -> None:
-        from edge.gallery import read_export
+        from edge.storage.gallery.exchange import read_export
 
         read_export(path)
         # An accepted file must also import: into a fresh gallery each time.
@@ -955,7 +960,8 @@ NAME_CHARS = (
 def _names_target(work: Path):
     from hypothesis import strategies as st
 
-    from edge.gallery import MAX_NAME_LENGTH, Gallery, GalleryError, Template, validate_name
+    from edge.storage.gallery.records import MAX_NAME_LENGTH, GalleryError, Template, validate_name
+    from edge.storage.gallery.store import Gallery
 
     gallery = Gallery.open(work / "names.sqlite")
     enrolled: set[str] = set()
@@ -1382,7 +1388,7 @@ TARGETS: dict[str, Target] = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m edge.fuzz", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m edge.tools.fuzz", description=__doc__.splitlines()[0])
     parser.add_argument("--examples", type=int, default=200, help="inputs per target (default 200)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--target", action="append", choices=sorted(TARGETS), help="only this target (repeatable)")

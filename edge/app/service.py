@@ -24,7 +24,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
-log = logging.getLogger(__name__)
+# The name a log line shows (%(name)s) since before the module moved to edge/app: what an
+# operator filters the journal by.
+log = logging.getLogger("edge.service")
 
 CPU_PROVIDER = "CPUExecutionProvider"
 # Why a provider might be missing, for the logged reason (the common case on a Jetson is the
@@ -268,7 +270,7 @@ def gallery_key(key_credential: str | None, key_file: Path | None, env: Mapping[
     """The gallery key from the systemd credential (tried first) or the key file; None when
     neither is configured. A configured key that cannot be read is an error (KeyFileError),
     never a silent fall back to a plain gallery."""
-    from edge.keys import KeyFileError, load_key
+    from edge.storage.keys import KeyFileError, load_key
 
     if key_credential:
         path = credential_path(key_credential, env)
