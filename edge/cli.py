@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str, str]] = {
     "bench": ("edge.bench", "edge.tools.bench",
               "latency on this machine: the models side by side, or --pipeline per stage"),
     "detect": ("edge.detect", "edge.detect.__main__", "detect faces in images or folders; write JSON"),
-    "demo": ("edge.tools.demo", "edge.tools.demo", "the landmark chain on real photos: annotated picture and NME"),
+    "demo": ("edge.demo", "edge.tools.demo", "the landmark chain on real photos: annotated picture and NME"),
     "config": ("edge.config", "edge.app.config.load",
                "validate a runtime config (with profile and --set); print it as JSON"),
     "faults": ("edge.faults", "edge.tools.faults", "the fault-injection campaign on real parts (--short for CI)"),

@@ -99,7 +99,7 @@ def test_the_cycle_finder_finds_a_cycle_hidden_in_a_function():
 # metrics, registry, shipped, imageio, oneline, the package itself); "entry" is the command line
 # (edge.cli) and the python -m aliases at the old paths.
 EDGE_FLOORS = ("base", "storage", "core", "app", "tools", "entry")
-ENTRY_MODULES = {"cli", "run", "enroll", "config", "bench", "calibrate", "faults", "demo_people"}
+ENTRY_MODULES = {"cli", "run", "enroll", "config", "bench", "calibrate", "faults", "demo", "demo_people"}
 
 
 def edge_floor(module: str) -> str:
