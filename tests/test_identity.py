@@ -363,15 +363,15 @@ def test_distillation_from_the_dlib_teacher_on_real_faces(orl_cache):
     torch.manual_seed(0)
     net = build_net(cfg)
     head = build_head(cfg.head, cfg.embedding_dim, len(data.classes))
-    opt = torch.optim.SGD(list(net.parameters()) + list(head.parameters()), lr=0.05, momentum=0.9)
+    opt = torch.optim.Adam(list(net.parameters()) + list(head.parameters()), lr=1e-3)
     first = None
-    for _ in range(10):
+    for _ in range(30):
         terms = loss_terms(cfg, net, head, batch)
         first = first if first is not None else terms["distill"].item()
         opt.zero_grad()
         terms["total"].backward()
         opt.step()
-    assert terms["distill"].item() < first
+    assert terms["distill"].item() < first - 0.05  # the student moves toward the teacher
     with pytest.raises(ValueError, match="embedding_dim"):
         IdentityTrainConfig(distill_weight=1.0, embedding_dim=64)
 
