@@ -19,3 +19,12 @@ PREVIOUS_LANDMARKS = MODELS_DIR / "landmarks" / "pipnet_light.onnx"
 # (still shipped: a fraction of the cost per face, much weaker; see MODEL_CARD_poseface_mfn.md).
 SHIPPED_IDENTITY_MFN = MODELS_DIR / "identity" / "poseface_mfn.onnx"
 SHIPPED_IDENTITY = MODELS_DIR / "identity" / "poseface_r29.onnx"
+
+
+def card_path(model: Path) -> Path:
+    """``MODEL_CARD.md`` for a shipped default model (the quantization report adds to it),
+    ``MODEL_CARD_<stem>.md`` for any other model in its folder."""
+    model = Path(model)
+    if model.resolve() in (SHIPPED_LANDMARKS.resolve(), SHIPPED_IDENTITY.resolve()):
+        return model.parent / "MODEL_CARD.md"
+    return model.parent / f"MODEL_CARD_{model.stem}.md"

@@ -175,6 +175,7 @@ def cmd_report(args) -> int:
 
 
 def cmd_card(args) -> int:
+    from edge.shipped import card_path
     from training.identity.card import write_card
 
     evals = {"fiducials (oracle)": Path(args.eval_fiducials), "detector (device)": Path(args.eval_detector)}
@@ -189,17 +190,8 @@ def cmd_card(args) -> int:
     return 0
 
 
-def card_path(model: Path) -> Path:
-    """``MODEL_CARD.md`` for the default identity model (the quantization report adds to it),
-    ``MODEL_CARD_<stem>.md`` for any other model in the folder."""
-    from edge.shipped import SHIPPED_IDENTITY
-
-    if model.resolve() == SHIPPED_IDENTITY.resolve():
-        return model.parent / "MODEL_CARD.md"
-    return model.parent / f"MODEL_CARD_{model.stem}.md"
-
-
 def cmd_finetune_card(args) -> int:
+    from edge.shipped import card_path
     from training.identity.finetune_card import write_finetune_card
 
     evals = {name: Path(path) for name, path in _named(args.eval, "--eval", "NAME=JSON").items()}

@@ -171,12 +171,10 @@ def main(argv=None) -> int:
         f"device decoder; cfp_*: BlazeFace -> detector crop policy -> this model -> head pose, CFP folds {folds}"
     )
     export_onnx(args.run / chosen / "best.pt", args.ship, name="pipnet_light", accuracy=accuracy, notes=notes)
-    from edge.shipped import SHIPPED_LANDMARKS
+    from edge.shipped import card_path
     from training.landmarks.card import write_card
 
-    # MODEL_CARD.md is the default model's card; any other model's is MODEL_CARD_<stem>.md
-    default = args.ship.resolve() == SHIPPED_LANDMARKS.resolve()
-    write_card(report, args.run, args.ship.parent / ("MODEL_CARD.md" if default else f"MODEL_CARD_{args.ship.stem}.md"))
+    write_card(report, args.run, card_path(args.ship))
     if args.ship.parent.resolve() != args.out.resolve():
         import shutil
 
