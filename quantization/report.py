@@ -31,7 +31,7 @@ import numpy as np
 
 from edge.runtime import load_model
 from edge.shipped import SHIPPED_IDENTITY, SHIPPED_LANDMARKS
-from training.identity.card import CARD_BEGIN, CARD_END
+from training.model_card import CARD_BEGIN, CARD_END
 
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ROOT / "edge" / "models"

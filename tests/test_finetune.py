@@ -253,8 +253,8 @@ def _eval_report(boxes, flip, ff, fp, fp_profile):
 
 
 def test_card_sections_say_what_was_measured(tmp_path):
-    from training.identity.card import CARD_BEGIN, CARD_END, write_card_text
     from training.identity.finetune_card import demo_section, landmark_cost_lines, student_section
+    from training.model_card import CARD_BEGIN, CARD_END, write_card_text
 
     # the quantization report's section survives a rewrite of the card; nothing else of the old text does
     card = tmp_path / "MODEL_CARD.md"

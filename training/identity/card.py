@@ -10,12 +10,8 @@ import json
 from pathlib import Path
 
 from edge.runtime.meta import load_meta
-
-# The section of a model card that ``python -m quantization.report --cards`` writes (the variants'
-# numbers), between these two lines. Defined here, on the training side, because quantization
-# imports training and never the other way round.
-CARD_BEGIN = "<!-- quantization report: begin (written by python -m quantization.report --cards) -->"
-CARD_END = "<!-- quantization report: end -->"
+from training.model_card import write_card_text
+from training.run_folder import read_metrics
 
 OUR_CHOICES = """\
 The PoseFace paper gives no formulas we could verify; these choices are ours:
@@ -102,18 +98,6 @@ def ablation_section(ablation: Path | None, title: str, intro: str) -> list[str]
     return [title, "", intro, "", (ablation / "ablation.md").read_text(), f"Sizes: {sizes}.", ""]
 
 
-def write_card_text(out: Path, text: str) -> Path:
-    """Write a card atomically, keeping the section ``python -m quantization.report --cards``
-    wrote into an earlier version of it (the variants' numbers are not this writer's to drop)."""
-    old = out.read_text() if out.exists() else ""
-    if CARD_BEGIN in old and CARD_END in old:
-        text = text.rstrip() + "\n\n" + old[old.index(CARD_BEGIN) : old.index(CARD_END) + len(CARD_END)] + "\n"
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(out)
-    return out
-
-
 def thresholds_section(meta) -> list[str]:
     """The card's lines for the device thresholds in a model's metadata (none if uncalibrated)."""
     if not meta.extra.get("matching_thresholds"):
@@ -137,7 +121,7 @@ def thresholds_section(meta) -> list[str]:
 
 def write_card(model: Path, run: Path, evals: dict[str, Path], ablation: Path | None, out: Path) -> Path:
     cfg = json.loads((run / "config.json").read_text())
-    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    rows = read_metrics(run / "metrics.jsonl")
     hours = sum(r["seconds"] for r in rows) / 3600
     reports = {name: json.loads(Path(p).read_text()) for name, p in evals.items()}
     record_accuracy(model, reports)

@@ -23,8 +23,9 @@ from training.identity.card import (
     recipe_name,
     record_accuracy,
     thresholds_section,
-    write_card_text,
 )
+from training.model_card import write_card_text
+from training.run_folder import read_metrics
 
 GUARDS = """\
 - **Frozen early levels**: the stem and levels 4 and 3 (stride 8; 60% of the multiply-adds) keep dlib's
@@ -47,7 +48,7 @@ GUARDS = """\
 
 def _rows(run: Path) -> list[dict]:
     path = run / "metrics.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+    return read_metrics(path) if path.exists() else []
 
 
 def _bench_lines(bench: dict) -> list[str]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from training.model_card import write_card_text
+
 
 def _fmt(v, nd=4):
     return "-" if v is None else (f"{v:.{nd}f}" if isinstance(v, float) else str(v))
@@ -112,4 +114,4 @@ def write_card(report: dict, run: Path, out: Path) -> None:
         "",
         "Licence: Apache-2.0 (our weights; trained on research-only datasets, see ../shared/data/README.md).",
     ]
-    out.write_text("\n".join(lines) + "\n")
+    write_card_text(out, "\n".join(lines) + "\n")

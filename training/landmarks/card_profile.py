@@ -17,6 +17,8 @@ import json
 from pathlib import Path
 
 from training.landmarks.card import _fmt
+from training.model_card import write_card_text
+from training.run_folder import read_metrics
 
 
 def _load(spec: str, what: str) -> tuple[str, dict]:
@@ -110,7 +112,7 @@ def _compare_rows(runs: list[tuple[str, Path]]) -> list[str]:
     for label, run in runs:
         cfg_d = json.loads((run / "config.json").read_text())
         cfg = from_dict(LandmarkTrainConfig, cfg_d, str(run / "config.json"))
-        rows = [json.loads(x) for x in (run / "supervised" / "metrics.jsonl").read_text().splitlines() if x.strip()]
+        rows = read_metrics(run / "supervised" / "metrics.jsonl")
         best = min(rows, key=lambda r: r["val_nme"])
         start = (
             f"`{Path(cfg.init_from).name}`"
@@ -279,4 +281,4 @@ def write_profile_card(
             else ""
         ),
     ]
-    out.write_text("\n".join(lines) + "\n")
+    write_card_text(out, "\n".join(lines) + "\n")
