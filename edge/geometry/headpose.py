@@ -78,9 +78,7 @@ def angles_from_rotation(rotation: np.ndarray) -> tuple[float, float, float]:
 
 def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> HeadPose:
     """Head pose of one face from its (68, 2) landmarks in an image of (width, height) pixels."""
-    points = np.asarray(points68, dtype=np.float64)
-    if points.shape != (lm.NUM_POINTS, 2):
-        raise ValueError(f"head_pose: landmarks: expected shape (68, 2), got {points.shape}")
+    points = _points68(points68)
     if not np.isfinite(points).all():
         raise ValueError("head_pose: landmarks contain NaN or infinity")
     return _fit(points, list(POSE_POINTS), image_size)
@@ -89,13 +87,18 @@ def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> HeadPose:
 def head_pose_of_known_points(points68: np.ndarray, image_size: tuple[int, int], min_points: int = 6) -> HeadPose:
     """Head pose from a partial (68, 2) set, NaN where a point is unknown (hand-marked points
     mapped to the 68 scheme, e.g. CFP's fiducials): the fit uses the POSE_POINTS that are known."""
-    points = np.asarray(points68, dtype=np.float64)
-    if points.shape != (lm.NUM_POINTS, 2):
-        raise ValueError(f"head_pose: landmarks: expected shape (68, 2), got {points.shape}")
+    points = _points68(points68)
     idx = [i for i in POSE_POINTS if np.isfinite(points[i]).all()]
     if len(idx) < min_points:
         raise ValueError(f"head_pose: {len(idx)} of the pose points are known, expected at least {min_points}")
     return _fit(points, idx, image_size)
+
+
+def _points68(points68) -> np.ndarray:
+    points = np.asarray(points68, dtype=np.float64)
+    if points.shape != (lm.NUM_POINTS, 2):
+        raise ValueError(f"head_pose: landmarks: expected shape (68, 2), got {points.shape}")
+    return points
 
 
 def _fit(points: np.ndarray, idx: list[int], image_size: tuple[int, int]) -> HeadPose:
