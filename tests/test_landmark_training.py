@@ -15,6 +15,7 @@ from edge.landmarks.crop import DetectorCropPolicy, apply_affine, crop_face, cro
 from edge.landmarks.landmarker import Landmarker
 from edge.landmarks.pipnet_decode import neighbour_table
 from edge.runtime.runner import load_model
+from edge.shipped import PREVIOUS_LANDMARKS
 from training.config import to_dict
 from training.landmarks.augment import AugmentConfig, crop_for_training
 from training.landmarks.config import LandmarkTrainConfig
@@ -188,7 +189,7 @@ def test_eval_cli_scores_cfp_photos_and_names_absent_folds(real_data, tmp_path):
 
     root = _tiny_cfp(real_subset(real_data, "cfp"), tmp_path / "cfp")
     repo = Path(__file__).resolve().parents[1]
-    model = repo / "edge" / "models" / "landmarks" / "pipnet_light.onnx"
+    model = PREVIOUS_LANDMARKS
     cmd = [sys.executable, "-m", "training.landmarks", "eval", "--model", str(model), "--cfp-root", str(root)]
     out = subprocess.run(cmd + ["--folds", "8"], capture_output=True, text=True, cwd=repo)
     assert out.returncode == 2 and "fold(s) 8 not found" in out.stderr
@@ -329,7 +330,7 @@ def test_eval_cli_runs_the_device_chain_from_detector_boxes(real_data, tmp_path)
     if not any(folder.glob("*.pts")):
         pytest.skip("no 300-W HELEN photos found")
     repo = Path(__file__).resolve().parents[1]
-    model = repo / "edge" / "models" / "landmarks" / "pipnet_light.onnx"
+    model = PREVIOUS_LANDMARKS
     reports = {}
     for refine in (0, 1):
         out = tmp_path / f"r{refine}.json"

@@ -1,7 +1,8 @@
 """The NME vs latency table of the landmark model card, measured again on its own.
 
     python -m training.landmarks.latency --variant resnet18@256=RUN/supervised/best.pt \
-        --variant mobilenetv2@128=RUN128/supervised/best.pt [--json OUT] [--card edge/models/landmarks/MODEL_CARD.md]
+        --variant mobilenetv2@128=RUN128/supervised/best.pt [--json OUT] \
+        [--card edge/models/landmarks/MODEL_CARD_pipnet_light.md]
 
 Every architecture of the table (the reference ResNet-18 and the light MobileNetV2 at three input
 sizes, plus the shipped file) is timed side by side in one run (onnxruntime fp32, 1 thread,
@@ -20,7 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-SHIPPED = Path(__file__).resolve().parents[2] / "edge" / "models" / "landmarks" / "pipnet_light.onnx"
+from edge.shipped import PREVIOUS_LANDMARKS
+
 SECTION = "## Latency (onnxruntime fp32, 1 thread, batch 1, this 2-core x86 machine, interleaved in one run)"
 NEXT_SECTION = "## What training from scratch costs"
 
@@ -70,7 +72,7 @@ def replace_section(card: Path, section: str) -> None:
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m training.landmarks.latency", description=__doc__.split("\n\n")[0])
     parser.add_argument("--variant", action="append", default=[], metavar="ARCH@SIZE=CHECKPOINT")
-    parser.add_argument("--shipped", type=Path, default=SHIPPED)
+    parser.add_argument("--shipped", type=Path, default=PREVIOUS_LANDMARKS)
     parser.add_argument("--json", type=Path)
     parser.add_argument("--card", type=Path, help="rewrite this model card's latency section")
     args = parser.parse_args(argv)
