@@ -12,11 +12,14 @@ import json
 import os
 from pathlib import Path
 
-import torch
+# torch is imported where a checkpoint is saved or loaded, so the JSON helpers serve torch-free
+# tools too (training.geometry.fit_mean_face3d).
 
 
 def atomic_save(obj, path: Path) -> None:
     """``torch.save`` to a temporary file beside ``path``, then rename: a reader never sees half a file."""
+    import torch
+
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     torch.save(obj, tmp)
@@ -32,6 +35,8 @@ def write_json(path: Path, payload) -> None:
 
 def load_state(path) -> dict:
     """A checkpoint, its tensors on the CPU whatever device wrote it (move the model afterwards)."""
+    import torch
+
     return torch.load(path, map_location="cpu", weights_only=False)
 
 

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
 from edge.geometry import landmarks68 as lm
+from training.run_folder import write_json
 
 # Outer-eye-corner distance of an adult face, used only to give the model millimetre units
 # (it sets the unit of the translation solvePnP returns, never the angles).
@@ -139,15 +138,6 @@ def fit_mean_face(shapes2d: np.ndarray) -> tuple[np.ndarray, dict]:
     return face, stats
 
 
-def _atomic_write_json(path: Path, payload: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
-        json.dump(payload, fh, indent=1)
-        fh.write("\n")
-    os.replace(tmp, path)
-
-
 def main(argv: list[str] | None = None) -> int:
     from edge.datasets.pts import read_pts
     from edge.datasets.root import require_data_root
@@ -172,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         "fit": stats,
         "points": np.round(face, 3).tolist(),
     }
-    _atomic_write_json(args.out, payload)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_json(args.out, payload)
     print(json.dumps({"out": str(args.out), **stats}))
     return 0
 
