@@ -114,6 +114,19 @@ def camera_label(snapshot: dict) -> str:
     return str(label) if label else UNKNOWN_CAMERA
 
 
+def _camera_families(family, specs, snapshot: dict, cam: str, prefix: str) -> list[Metric]:
+    """One ``family`` (counter or gauge class) per (name, snapshot path, help) of ``specs``,
+    labelled by camera; a value missing from the snapshot gives a family without samples."""
+    out = []
+    for name, path, doc in specs:
+        fam = family(f"{prefix}_{name}", doc, labels=["camera"])
+        value = _number(snapshot, path)
+        if value is not None:
+            fam.add_metric([cam], value)
+        out.append(fam)
+    return out
+
+
 def metric_families(snapshot: dict, prefix: str = PREFIX) -> list[Metric]:
     """The metric families of one health snapshot. Every family is returned, with HELP and TYPE,
     even before the first frame (without samples then); values missing from the snapshot are
@@ -121,12 +134,7 @@ def metric_families(snapshot: dict, prefix: str = PREFIX) -> list[Metric]:
     cam = camera_label(snapshot)
     out: list[Metric] = []
 
-    for name, path, doc in COUNTERS:
-        fam = CounterMetricFamily(f"{prefix}_{name}", doc, labels=["camera"])
-        value = _number(snapshot, path)
-        if value is not None:
-            fam.add_metric([cam], value)
-        out.append(fam)
+    out += _camera_families(CounterMetricFamily, COUNTERS, snapshot, cam, prefix)
 
     events = CounterMetricFamily(f"{prefix}_events", "Events emitted, per event type.", labels=["camera", "type"])
     by_type = snapshot.get("events") if isinstance(snapshot.get("events"), dict) else {}
@@ -158,12 +166,7 @@ def metric_families(snapshot: dict, prefix: str = PREFIX) -> list[Metric]:
         ("uptime_seconds", ("uptime_s",), "Seconds since the runtime started."),
         ("gallery_identities", ("gallery", "identities"), "Identities in the gallery."),
     )
-    for name, path, doc in gauges:
-        fam = GaugeMetricFamily(f"{prefix}_{name}", doc, labels=["camera"])
-        value = _number(snapshot, path)
-        if value is not None:
-            fam.add_metric([cam], value)
-        out.append(fam)
+    out += _camera_families(GaugeMetricFamily, gauges, snapshot, cam, prefix)
 
     source = snapshot.get("source")
     state = source.get("state") if isinstance(source, dict) else None
