@@ -189,6 +189,7 @@ BAD = {
     "health bind not an address": ('[health]\nbind = "everywhere"\n', "health.bind", "an IP address"),
     "face images without a folder": ("[privacy]\nstore_face_images = true\n", "privacy.face_images_dir", "folder"),
     "credential with a slash": ('[gallery]\nkey_credential = "../key"\n', "gallery.key_credential", "no '/'"),
+    "stranger rate out of range": ("[matching]\nstranger_rate = 1.5\n", "matching.stranger_rate", "(0, 1)"),
     "layer bookkeeping is not a key": ('loaded_from = ["x"]\n', "loaded_from", "a key of the top level"),
 }
 

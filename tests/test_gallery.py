@@ -530,6 +530,57 @@ def test_yaw_thresholds_refuse_bad_records(data, field):
     assert str(err.value).startswith("model.json: ") and field in str(err.value)
 
 
+def grid_thresholds():
+    return YawThresholds(
+        (15, 30, 45),
+        (0.6, 0.55, 0.5, 0.45),
+        (1e-2, 1e-3, 1e-4),
+        ((0.5, 0.6, 0.7), (0.45, 0.55, 0.65), (0.4, 0.5, 0.6), (0.35, 0.45, 0.45)),
+    )
+
+
+def test_stranger_rate_divides_the_rate_among_the_templates_in_log_far():
+    t = grid_thresholds()
+    assert YawThresholds.from_dict(json.loads(json.dumps(t.to_dict()))) == t
+    # 10 templates at a 1 % stranger rate: each pair at 1e-3, the grid's middle column
+    assert t.for_stranger_rate(10, 0.01).thresholds == pytest.approx((0.6, 0.55, 0.5, 0.45))
+    # 1 template: 1e-2; 100 templates: 1e-4; halfway in log-FAR (sqrt(10) * 1e-4) lands halfway
+    assert t.for_stranger_rate(1, 0.01).thresholds == pytest.approx((0.5, 0.45, 0.4, 0.35))
+    assert t.for_stranger_rate(100, 0.01).thresholds == pytest.approx((0.7, 0.65, 0.6, 0.45))
+    assert t.for_stranger_rate(100, 0.01 * 10**0.5).thresholds[0] == pytest.approx(0.65)
+    # beyond the grid: its strictest (or loosest) measured threshold, never an extrapolation
+    assert t.for_stranger_rate(10**6, 0.01).thresholds == t.for_stranger_rate(100, 0.01).thresholds
+    assert t.for_stranger_rate(0, 0.5).thresholds == t.for_stranger_rate(1, 0.01).thresholds
+    # more templates never loosen a threshold
+    rows = [t.for_stranger_rate(n, 0.01).thresholds for n in (1, 3, 10, 30, 100, 300)]
+    assert all(all(b >= a for a, b in zip(r1, r2)) for r1, r2 in zip(rows, rows[1:]))
+    with pytest.raises(ThresholdsError, match="FAR grid"):
+        YawThresholds.uniform(0.5).for_stranger_rate(10, 0.01)
+    with pytest.raises(ValueError, match="stranger_rate"):
+        t.for_stranger_rate(10, 1.5)
+
+
+@pytest.mark.parametrize(
+    "change, field",
+    [
+        ({"far_grid": None}, "far_grid"),  # one of the pair alone
+        ({"far_grid": [1e-4, 1e-3, 1e-2]}, "far_grid"),  # not descending
+        ({"grid_thresholds": [[0.5, 0.6, 0.7]]}, "grid_thresholds"),  # one row, four bins
+        ({"grid_thresholds": [[0.7, 0.6, 0.5]] * 4}, "grid_thresholds"),  # looser as the rate falls
+    ],
+)
+def test_yaw_thresholds_refuse_bad_grids(change, field):
+    data = grid_thresholds().to_dict()
+    for key, value in change.items():
+        if value is None:
+            data.pop("grid_thresholds")
+        else:
+            data[key] = value
+    with pytest.raises(ThresholdsError) as err:
+        YawThresholds.from_dict(data, source="model.json")
+    assert str(err.value).startswith("model.json: ") and field in str(err.value)
+
+
 def test_match_takes_each_identitys_best_template_and_the_probe_yaws_threshold(gallery):
     base = {name: unit(vec(seed)) for seed, name in enumerate(["Ann", "Bob", "Cy"], start=1)}
     for name, v in base.items():

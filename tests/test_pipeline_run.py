@@ -96,6 +96,32 @@ def test_calibrate_scores_borrows_for_sparse_bins():
         calibrate_scores(scores[:100], same[:100] | (np.arange(100) < 3), yaw[:100], (15.0,), 1e-3)
 
 
+def test_calibrate_scores_records_a_far_grid_for_stranger_rates():
+    from edge.tools.calibrate import FAR_GRID
+
+    rng = np.random.default_rng(1)
+    n = 300_000
+    yaw = np.r_[rng.uniform(0, 44, n - 20_000), rng.uniform(45, 80, 20_000)]
+    same = rng.random(n) < 0.05
+    scores = np.where(same, 0.7, 0.1) - yaw / 200 + rng.normal(0, 0.1, n)
+    thr, rows = calibrate_scores(scores, same, yaw, (15.0, 30.0, 45.0), 1e-3)
+    assert thr.far_grid == FAR_GRID and len(thr.grid) == 4
+    bins = np.searchsorted([15, 30, 45], yaw, side="right")
+    for b, (row, report) in enumerate(zip(thr.grid, rows)):
+        assert row[FAR_GRID.index(1e-3)] == thr.thresholds[b]  # the calibrated FAR is a column
+        imp = scores[(bins == b) & ~same]
+        for f, t in zip(FAR_GRID, row):
+            if f >= report["grid_smallest_far"]:
+                assert (imp >= t).mean() <= f  # each resolved rate is met
+            else:
+                assert t == row[FAR_GRID.index(report["grid_smallest_far"])]  # the strictest measured one
+    assert rows[3]["grid_smallest_far"] == 1e-3  # ~19,000 impostor pairs resolve 10 / 19,000 at best
+    # a single template at 1 % is looser than the calibrated pairs; 40 templates are stricter
+    assert (
+        thr.for_stranger_rate(1, 0.01).thresholds[0] < thr.thresholds[0] < thr.for_stranger_rate(40, 0.01).thresholds[0]
+    )
+
+
 def test_dense_probe_pairs_excludes_self_pairs():
     ids = np.array([1, 1, 2])
     views = np.array(["frontal", "profile", "frontal"])
@@ -200,6 +226,61 @@ def test_pipeline_on_real_photos(real_data, identity_model):
     profile = pipe.process(read_image_bgr(_cfp(real_data, 401, "profile", 1)), 1, "profile.jpg", "test")
     assert abs(profile.faces[0].yaw) > 20  # the head pose of a profile photo
     assert set(pipe.stats.summary()) == set(STAGES)
+
+
+def test_stranger_rate_tightens_the_threshold_as_the_gallery_grows(real_data, identity_model):
+    from edge.core.faces import embed_batch
+    from edge.core.matching import ThresholdsError, YawThresholds
+    from edge.core.pipeline import FacePipeline
+    from edge.detect.registry import build_detector
+    from edge.imageio import read_image_bgr
+    from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
+    from edge.landmarks.landmarker import Landmarker
+    from edge.runtime.runner import load_model
+    from edge.shipped import SHIPPED_LANDMARKS
+    from edge.storage.gallery.records import gallery_arrays_from
+
+    embedder = load_model(identity_model)
+    landmarker = Landmarker(load_model(SHIPPED_LANDMARKS))
+    grid = YawThresholds((15, 30, 45), (0.5,) * 4, (1e-1, 1e-2), ((0.0, 0.999),) * 4)
+
+    def pipeline(gallery, thresholds=grid):
+        det = build_detector({"type": "blazeface", "range": "short"})
+        return FacePipeline(
+            det,
+            BLAZEFACE_SHORT_CROP,
+            landmarker,
+            embedder,
+            lambda: gallery,
+            thresholds,
+            stills=True,
+            stranger_rate=0.05,
+        )
+
+    face = pipeline(None).process(read_image_bgr(_cfp(real_data, 401, "frontal", 1))).faces[0]
+    emb = embed_batch(embedder, [face.aligned])[0]
+    rng = np.random.default_rng(0)
+    small = [("p401", emb, face.yaw)]
+    large = small + [(f"other{i}", rng.normal(size=emb.size), 0.0) for i in range(99)]
+    probe = read_image_bgr(_cfp(real_data, 401, "frontal", 2))
+    # one template: each pair may false-accept at 5 %, threshold ~0.3: the same person is named
+    said = pipeline(gallery_arrays_from(small)).process(probe, 0, "p.jpg", "t").events[0]
+    assert said.type == "recognised" and said.identity == "p401"
+    # 100 templates: 5e-4 per pair, beyond the grid: its strictest threshold (0.999)
+    said = pipeline(gallery_arrays_from(large)).process(probe, 0, "p.jpg", "t").events[0]
+    assert said.type != "recognised" and said.identity is None
+    with pytest.raises(ThresholdsError, match="FAR grid"):
+        pipeline(None, YawThresholds.uniform(0.5))
+
+
+def test_shipped_identity_thresholds_carry_a_far_grid():
+    from edge.core.matching import YawThresholds
+    from edge.shipped import SHIPPED_IDENTITY
+
+    data = json.loads(SHIPPED_IDENTITY.with_suffix(".json").read_text())["extra"]["matching_thresholds"]
+    t = YawThresholds.from_dict(data, source=str(SHIPPED_IDENTITY))
+    assert 1e-3 in t.far_grid and t.far_grid[0] >= 1e-2
+    assert tuple(row[t.far_grid.index(1e-3)] for row in t.grid) == t.thresholds
 
 
 def test_edge_run_cli_on_a_folder_of_real_photos(real_data, identity_model, tmp_path):

@@ -217,6 +217,7 @@ def build_pipeline(cfg: RuntimeConfig, stills: bool):
         Tracker.from_config(cfg.tracker),
         stills=stills,
         flip={"model": None, "on": True, "off": False}[cfg.embedding.test_time_flip],
+        stranger_rate=cfg.matching.stranger_rate,
     )
     return pipeline, gallery
 

@@ -38,11 +38,42 @@ class YawThresholds:
 
     edges_deg: tuple[float, ...]
     thresholds: tuple[float, ...]
+    # Optional, from calibration: per bin, the threshold at each false-accept rate of ``far_grid``
+    # (descending rates, so each bin's row ascends). :meth:`for_stranger_rate` reads it.
+    far_grid: tuple[float, ...] = ()
+    grid: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "edges_deg", tuple(float(e) for e in self.edges_deg))
         object.__setattr__(self, "thresholds", tuple(float(t) for t in self.thresholds))
+        object.__setattr__(self, "far_grid", tuple(float(f) for f in self.far_grid))
+        object.__setattr__(self, "grid", tuple(tuple(float(t) for t in row) for row in self.grid))
         _check(self.edges_deg, self.thresholds, "YawThresholds")
+        _check_grid(self.far_grid, self.grid, len(self.thresholds), "YawThresholds")
+
+    def for_stranger_rate(self, templates: int, rate: float) -> YawThresholds:
+        """Thresholds under which a stranger is accepted by a gallery of ``templates`` rows at
+        most about ``rate`` of the time (open-set identification), instead of each pair at the
+        calibrated FAR.
+
+        A stranger is accepted when any template reaches the threshold, so by the union bound
+        each pair may false-accept at ``rate / templates``; each bin's threshold is interpolated
+        at that rate in log-FAR on its calibrated grid. Below the grid's smallest rate (too few
+        impostor pairs were measured to resolve it) the strictest measured threshold is used,
+        so the real stranger rate may then exceed ``rate``.
+        """
+        if not self.far_grid:
+            raise ThresholdsError(
+                "matching.stranger_rate needs a FAR grid in the thresholds: "
+                "recalibrate the model with python -m edge.calibrate"
+            )
+        if not 0.0 < float(rate) < 1.0:
+            raise ValueError(f"matching.stranger_rate: expected a rate in (0, 1), got {rate!r}")
+        pair_far = float(rate) / max(int(templates), 1)
+        log_grid = np.log10(np.asarray(self.far_grid))[::-1]  # ascending for np.interp
+        target = np.clip(np.log10(pair_far), log_grid[0], log_grid[-1])
+        thresholds = tuple(float(np.interp(target, log_grid, np.asarray(row)[::-1])) for row in self.grid)
+        return YawThresholds(self.edges_deg, thresholds, self.far_grid, self.grid)
 
     @classmethod
     def uniform(cls, threshold: float, edges_deg: tuple[float, ...] = DEFAULT_YAW_EDGES) -> YawThresholds:
@@ -65,13 +96,17 @@ class YawThresholds:
         return [f"{lo:g}-{hi:g}" if hi is not None else f"{lo:g}+" for lo, hi in zip(lows, highs)]
 
     def to_dict(self) -> dict:
-        return {"version": THRESHOLDS_VERSION, "edges_deg": list(self.edges_deg), "thresholds": list(self.thresholds)}
+        out = {"version": THRESHOLDS_VERSION, "edges_deg": list(self.edges_deg), "thresholds": list(self.thresholds)}
+        if self.far_grid:
+            out["far_grid"] = list(self.far_grid)
+            out["grid_thresholds"] = [list(row) for row in self.grid]
+        return out
 
     @classmethod
     def from_dict(cls, data: Any, source: str = "<thresholds>") -> YawThresholds:
         if not isinstance(data, Mapping):
             raise ThresholdsError(f"{source}: expected an object with edges_deg and thresholds, got {data!r}")
-        known = {"version", "edges_deg", "thresholds"}
+        known = {"version", "edges_deg", "thresholds", "far_grid", "grid_thresholds"}
         unknown = sorted(set(data) - known)
         if unknown:
             raise ThresholdsError(f"{source}: unknown field '{unknown[0]}' (known: {', '.join(sorted(known))})")
@@ -84,7 +119,19 @@ class YawThresholds:
             if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
                 raise ThresholdsError(f"{source}: field '{name}': expected a list of numbers, got {value!r}")
         _check(tuple(data["edges_deg"]), tuple(data["thresholds"]), source)
-        return cls(tuple(data["edges_deg"]), tuple(data["thresholds"]))
+        if ("far_grid" in data) != ("grid_thresholds" in data):
+            raise ThresholdsError(f"{source}: fields 'far_grid' and 'grid_thresholds' come together, got only one")
+        far_grid, grid = data.get("far_grid", []), data.get("grid_thresholds", [])
+        if not isinstance(far_grid, (list, tuple)) or not all(_is_number(v) for v in far_grid):
+            raise ThresholdsError(f"{source}: field 'far_grid': expected a list of numbers, got {far_grid!r}")
+        if not isinstance(grid, (list, tuple)) or not all(
+            isinstance(row, (list, tuple)) and all(_is_number(v) for v in row) for row in grid
+        ):
+            raise ThresholdsError(
+                f"{source}: field 'grid_thresholds': expected a list of lists of numbers, got {grid!r}"
+            )
+        _check_grid(tuple(far_grid), tuple(tuple(row) for row in grid), len(data["thresholds"]), source)
+        return cls(tuple(data["edges_deg"]), tuple(data["thresholds"]), tuple(far_grid), tuple(tuple(r) for r in grid))
 
 
 def _is_number(value: Any) -> bool:
@@ -102,6 +149,26 @@ def _check(edges: tuple, thresholds: tuple, source: str) -> None:
         )
     if not all(_is_number(t) and -1.0 <= t <= 1.0 for t in thresholds):
         raise ThresholdsError(f"{source}: field 'thresholds': expected cosines in [-1, 1], got {list(thresholds)}")
+
+
+def _check_grid(far_grid: tuple, grid: tuple, bins: int, source: str) -> None:
+    if not far_grid and not grid:
+        return
+    if not all(0 < f < 1 for f in far_grid) or list(far_grid) != sorted(set(far_grid), reverse=True):
+        raise ThresholdsError(
+            f"{source}: field 'far_grid': expected strictly descending rates in (0, 1), got {list(far_grid)}"
+        )
+    if len(grid) != bins or any(len(row) != len(far_grid) for row in grid):
+        raise ThresholdsError(
+            f"{source}: field 'grid_thresholds': expected {bins} rows (one per bin) "
+            f"of {len(far_grid)} values (one per rate)"
+        )
+    for row in grid:
+        if not all(-1.0 <= t <= 1.0 for t in row) or any(b < a for a, b in zip(row, row[1:])):
+            raise ThresholdsError(
+                f"{source}: field 'grid_thresholds': expected cosines in [-1, 1], "
+                f"not decreasing as the rate falls, got {list(row)}"
+            )
 
 
 @dataclass(frozen=True)

@@ -107,6 +107,7 @@ class FacePipeline:
         refine: int | None = None,
         clock: Callable[[], float] = time.perf_counter,
         flip: bool | None = None,
+        stranger_rate: float | None = None,
     ):
         if embedder is not None and thresholds is None:
             raise ValueError("FacePipeline: an identity model needs matching thresholds")
@@ -116,6 +117,11 @@ class FacePipeline:
         # aligned (the face store keeps them) to the ArcFace template.
         self.alignment = alignment_for(embedder) if embedder is not None else ARCFACE_112
         self.flip = flip  # test-time flip; None: as the identity model's metadata says
+        # None: each pair at the calibrated FAR; else thresholds follow the gallery's size so a
+        # stranger is accepted at most about this often (YawThresholds.for_stranger_rate).
+        self.stranger_rate = stranger_rate
+        if stranger_rate is not None and thresholds is not None:
+            thresholds.for_stranger_rate(1, stranger_rate)  # fail at start-up, not on the first face
         self.stills = stills
         self.tracker = tracker or Tracker()
         if stills:
@@ -158,14 +164,19 @@ class FacePipeline:
 
         t0 = clock()
         gallery = self.gallery() if (self.gallery is not None and embeddings is not None) else None
+        thresholds = self.thresholds
+        if self.stranger_rate is not None and thresholds is not None:
+            thresholds = thresholds.for_stranger_rate(
+                len(gallery.names) if gallery is not None else 0, self.stranger_rate
+            )
         matches: list[MatchResult | None] = []
         for i, pose in enumerate(poses):
             if embeddings is None:
                 matches.append(None)
             elif gallery is None or len(gallery.names) == 0:
-                matches.append(MatchResult(None, None, None, None, self.thresholds.threshold_for(pose.yaw)))
+                matches.append(MatchResult(None, None, None, None, thresholds.threshold_for(pose.yaw)))
             else:
-                matches.append(match(embeddings[i], pose.yaw, gallery, self.thresholds))
+                matches.append(match(embeddings[i], pose.yaw, gallery, thresholds))
         t["match"] = (clock() - t0) * 1000
 
         observations = [

@@ -16,6 +16,11 @@ checksum stays valid.
 
 A bin with too few impostor pairs to resolve ``--far`` (fewer than 10 / far) borrows the
 threshold of the nearest bin towards frontal, and the report says so.
+
+Beside the thresholds at ``--far`` it records each bin's thresholds on a grid of rates
+(:data:`FAR_GRID`, 1e-2 down to 1e-5; a rate the bin's impostor pairs cannot resolve keeps the
+strictest resolved threshold, and the report gives each bin's ``grid_smallest_far``). The
+runtime's ``matching.stranger_rate`` reads the grid to set thresholds for the gallery's size.
 """
 
 from __future__ import annotations
@@ -31,6 +36,10 @@ import numpy as np
 
 from edge.core.matching import DEFAULT_YAW_EDGES, YawThresholds
 
+# False-accept rates at which every bin's threshold is also recorded, for matching.stranger_rate
+# (edge.core.matching.YawThresholds.for_stranger_rate): descending.
+FAR_GRID = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+
 
 def calibrate_scores(
     scores: np.ndarray, same: np.ndarray, probe_abs_yaw: np.ndarray, edges: tuple[float, ...], far: float
@@ -41,37 +50,73 @@ def calibrate_scores(
     thresholds: list[float | None] = []
     report = []
     labels = YawThresholds.uniform(0.0, edges).bin_labels()
+    grid_rows: list[list[float] | None] = []
     for b, label in enumerate(labels):
         sel = bins == b
         imp = np.sort(scores[sel & ~same])[::-1]
         gen = scores[sel & same]
         row = {"bin": label, "genuine_pairs": int(gen.size), "impostor_pairs": int(imp.size)}
-        if imp.size >= max(10.0 / far, 1):
-            k = int(np.floor(far * imp.size))  # at most k impostors may reach the threshold
-            thr = float(np.nextafter(imp[k], np.inf)) if k < imp.size else float(imp[-1])
-            thresholds.append(thr)
+        thr = _threshold_at(imp, far)
+        thresholds.append(thr)
+        if thr is not None:
             tar = float((gen >= thr).mean()) if gen.size else None
             row.update(threshold=round(thr, 5), far=float((imp >= thr).mean()), tar=tar)
         else:
-            thresholds.append(None)
             row.update(threshold=None, note=f"fewer than {int(10 / far)} impostor pairs: borrowed from a nearer bin")
+        grid_rows.append(_grid_row(imp, FAR_GRID))
+        row["grid_smallest_far"] = min((f for f in FAR_GRID if _threshold_at(imp, f) is not None), default=None)
         report.append(row)
     # fill unresolved bins from the nearest resolved bin towards frontal (then outward)
-    known = [i for i, t in enumerate(thresholds) if t is not None]
-    if not known:
-        raise ValueError(
-            f"no |yaw| bin has enough impostor pairs to resolve FAR {far:g}: use more folds or a larger FAR"
-        )
-    filled = []
+    filled = _fill_from_nearer(
+        thresholds, f"no |yaw| bin has enough impostor pairs to resolve FAR {far:g}: use more folds or a larger FAR"
+    )
     for i, t in enumerate(thresholds):
         if t is None:
-            lower = [k for k in known if k < i]
-            t = thresholds[lower[-1]] if lower else thresholds[known[0]]
-            report[i]["threshold"] = round(float(t), 5)
+            report[i]["threshold"] = round(float(filled[i]), 5)
             sel = (bins == i) & same
-            report[i]["tar"] = float((scores[sel] >= t).mean()) if sel.any() else None
-        filled.append(float(t))
-    return YawThresholds(tuple(edges), tuple(filled)), report
+            report[i]["tar"] = float((scores[sel] >= filled[i]).mean()) if sel.any() else None
+    if all(r is None for r in grid_rows):  # too few pairs for any rate of the grid: no grid
+        return YawThresholds(tuple(edges), tuple(filled)), report
+    grid = tuple(tuple(r) for r in _fill_from_nearer(grid_rows, ""))
+    return YawThresholds(tuple(edges), tuple(filled), FAR_GRID, grid), report
+
+
+def _threshold_at(impostors_desc: np.ndarray, far: float) -> float | None:
+    """The lowest cosine that at most ``far`` of the impostor scores (sorted descending) reach,
+    or None when fewer than 10 / far impostor pairs cannot resolve it."""
+    if impostors_desc.size < max(10.0 / far, 1):
+        return None
+    k = int(np.floor(far * impostors_desc.size))  # at most k impostors may reach the threshold
+    return float(np.nextafter(impostors_desc[k], np.inf)) if k < impostors_desc.size else float(impostors_desc[-1])
+
+
+def _grid_row(impostors_desc: np.ndarray, far_grid: tuple[float, ...]) -> list[float] | None:
+    """Thresholds at each rate of ``far_grid``; a rate too small to resolve keeps the strictest
+    resolved threshold. None when not even the largest rate is resolved."""
+    row: list[float] = []
+    for f in far_grid:
+        t = _threshold_at(impostors_desc, f)
+        if t is None:
+            if not row:
+                return None
+            t = row[-1]
+        row.append(max(t, row[-1]) if row else t)
+    return row
+
+
+def _fill_from_nearer(values: list, error: str) -> list:
+    """Each None takes the value of the nearest known entry towards frontal (lower index), else
+    the first known one; ``error`` when none is known."""
+    known = [i for i, v in enumerate(values) if v is not None]
+    if not known:
+        raise ValueError(error)
+    out = []
+    for i, v in enumerate(values):
+        if v is None:
+            lower = [k for k in known if k < i]
+            v = values[lower[-1]] if lower else values[known[0]]
+        out.append(v)
+    return out
 
 
 def dense_probe_pairs(identities: np.ndarray, views: np.ndarray, embeddings: np.ndarray, abs_yaw: np.ndarray):
@@ -122,9 +167,7 @@ def calibrate_model(
         raise ValueError(f"--cfp-root {cfp_root}: no photos of fold(s) {folds}")
     ids, views, faces, yaws, missing = [], [], [], [], 0
     for photo in tqdm(photos, desc="calibration faces", disable=not progress, mininterval=5):
-        face = prepare_largest_face(
-            read_image_bgr(photo.image_path), detector, BLAZEFACE_SHORT_CROP, landmarker, spec
-        )
+        face = prepare_largest_face(read_image_bgr(photo.image_path), detector, BLAZEFACE_SHORT_CROP, landmarker, spec)
         if face is None:
             missing += 1
             continue

@@ -98,10 +98,22 @@ def main(argv=None) -> int:
         "what the Pi profiles run)",
     )
     p.add_argument("--embedder-model", default=None, help="identity model (default: the shipped one at --precision)")
+    p.add_argument(
+        "--stranger-rate",
+        type=float,
+        default=None,
+        help="run edge.run with matching.stranger_rate (thresholds follow the gallery's size so a stranger is "
+        "accepted at most about this often); default: each pair at the calibrated FAR",
+    )
     p.add_argument("--threads", type=int, default=2)
     args = p.parse_args(argv)
     if args.enrolled + args.strangers > len(FOLD9) or min(args.enrolled, args.strangers, args.per_person) < 1:
         print("edge.demo_people: --enrolled + --strangers must be at most 50, each at least 1", file=sys.stderr)
+        return 2
+    if args.stranger_rate is not None and not 0 < args.stranger_rate < 1:
+        print(
+            f"edge.demo_people: --stranger-rate: expected a rate in (0, 1), got {args.stranger_rate}", file=sys.stderr
+        )
         return 2
     from edge.runtime.meta import variant_path
 
@@ -170,6 +182,7 @@ def main(argv=None) -> int:
         f"gallery.key_file={key_path.absolute()}",
         "--set",
         f'events.sinks=[{{type="jsonl", path="{events_path.absolute()}"}}]',
+        *(["--set", f"matching.stranger_rate={args.stranger_rate}"] if args.stranger_rate is not None else []),
         "--summary-json",
         str(summary_path.absolute()),
         "--log-level",
@@ -217,6 +230,10 @@ def main(argv=None) -> int:
         "enrolled_people": len(enrol_dirs),
         "stranger_people": len(strangers),
         "probes": len(outcomes),
+        "stranger_rate": args.stranger_rate,
+        "thresholds": "gallery-size-aware (matching.stranger_rate)"
+        if args.stranger_rate is not None
+        else "each pair at the calibrated FAR",
     }
     for view in ("frontal", "profile"):
         rows = rate(view, True)

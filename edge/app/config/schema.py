@@ -272,6 +272,14 @@ class MatchingConfig:
         doc="one cosine threshold per yaw bin, or 'from_model_metadata' (written by python -m edge.calibrate)",
         convert=_convert_thresholds,
     )
+    stranger_rate: Optional[float] = _f(
+        None,
+        doc="open-set matching: accept a stranger at most about this often whatever the gallery's size "
+        "(each pair's FAR becomes this / the number of templates; needs thresholds from_model_metadata "
+        "calibrated with a FAR grid); unset: every pair at the calibrated FAR",
+        gt=0,
+        lt=1,
+    )
 
     def yaw_bin(self, yaw_deg: float) -> int:
         """The bin index of a probe's yaw (the sign is ignored: left and right profiles share a bin)."""
