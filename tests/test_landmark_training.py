@@ -250,6 +250,24 @@ def test_cfp_fiducials_train_as_partial_labels(real_data, tmp_path):
     assert (item["nb_mask"].any(dim=1) <= item["mask"]).all()
 
 
+def test_stc_pool_keeps_the_validation_fold_out_and_needs_its_teacher(real_data, tmp_path):
+    """With CFP fiducials in the recipe, STC pseudo-labels only the training folds' CFP photos
+    (the profile validation fold stays unseen); a missing stc.teacher is one clear error."""
+    from training.landmarks.stc import STC_CFP_FOLDS, train_stc, unlabeled_pool
+
+    root = tmp_path / "data"
+    _tiny_cfp(real_subset(real_data, "cfp"), root / "cfp", people=(1, 351), fold=1)
+    (root / "lfw_gray" / "lfw").mkdir(parents=True)
+    assert 8 in STC_CFP_FOLDS
+    default = unlabeled_pool(root)
+    assert {p.parts[-3] for p in default["cfp_frontal"] + default["cfp_profile"]} == {"001", "351"}
+    training_folds = unlabeled_pool(root, (1, 2, 3, 4, 5, 6, 7))
+    assert {p.parts[-3] for p in training_folds["cfp_frontal"] + training_folds["cfp_profile"]} == {"001"}
+    cfg = replace(TINY, stc=replace(TINY.stc, rounds=1, coarse_sizes=(0,), teacher=str(tmp_path / "none.pt")))
+    with pytest.raises(FileNotFoundError, match="none.pt"):
+        train_stc(cfg, tmp_path / "run", root)
+
+
 # ------------------------------------------------------------------ face-pretrained trunk, CFP draws, one pass
 
 

@@ -25,9 +25,13 @@ def cmd_train(args) -> int:
         cfg = replace(cfg, device=args.device)
     run_dir = Path(args.out)
     try:
-        best = train_supervised(cfg, run_dir)
-        if is_main_process():
-            print(f"supervised: best validation NME {best['nme']:.4f} at epoch {best.get('epoch')}")
+        if cfg.stc.rounds and cfg.stc.teacher and not args.no_stc:
+            if is_main_process():
+                print(f"supervised stage skipped: stc.teacher {cfg.stc.teacher} labels the first round")
+        else:
+            best = train_supervised(cfg, run_dir)
+            if is_main_process():
+                print(f"supervised: best validation NME {best['nme']:.4f} at epoch {best.get('epoch')}")
         if cfg.stc.rounds and not args.no_stc:
             from training.landmarks.stc import train_stc
 

@@ -23,6 +23,9 @@ class StcConfig:
     unlabeled_per_round: int = 2000
     cfp_fraction: float = 0.5  # share of CFP photos (half of them profiles) among unlabeled faces
     min_detection_score: float = 0.6
+    # A trained checkpoint that pseudo-labels the first round instead of this run's supervised
+    # stage, which is then skipped (e.g. the shipped model: STC on top of it).
+    teacher: str = ""
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,10 @@ which the curriculum supervises only on the score map max-pooled to ``coarse_siz
 (no offsets) in early rounds and on full targets in the last.
 
 Unlabeled faces: LFW (grayscale) and CFP frontal + profile photos of folds 1-8 (fold 9 is
-kept out: the identity work evaluates on it and the pose check reports on it).
+kept out: the identity work evaluates on it and the pose check reports on it); of the recipe's
+``cfp_folds`` only where it trains on CFP's fiducials, so its profile validation fold stays unseen.
+``stc.teacher`` names a trained checkpoint to label the first round (the supervised stage is
+then not run).
 
 CPU budget deviation from the paper: each round re-labels only the subset it trains on
 (``unlabeled_per_round``), not the whole pool.
@@ -38,8 +41,9 @@ from training.runtime import DeviceRunner, setup
 STC_CFP_FOLDS = tuple(range(1, 9))
 
 
-def unlabeled_pool(data_root=None) -> dict[str, list[Path]]:
-    ids = [i for f in STC_CFP_FOLDS for i in fold_identities(f)]
+def unlabeled_pool(data_root=None, cfp_folds: tuple[int, ...] = ()) -> dict[str, list[Path]]:
+    """LFW and CFP photos to pseudo-label: CFP's ``cfp_folds`` (default :data:`STC_CFP_FOLDS`)."""
+    ids = [i for f in (cfp_folds or STC_CFP_FOLDS) for i in fold_identities(f)]
     cfp_root = None if data_root is None else Path(data_root) / "cfp"
     lfw_root = None if data_root is None else Path(data_root) / "lfw_gray"
     return {
@@ -81,16 +85,18 @@ def train_stc(cfg: LandmarkTrainConfig, run_dir: Path, data_root=None) -> dict:
     stc = cfg.stc
     if len(stc.coarse_sizes) != stc.rounds:
         raise ValueError(f"stc.coarse_sizes needs one entry per round ({stc.rounds}), got {list(stc.coarse_sizes)}")
+    teacher = Path(stc.teacher) if stc.teacher else run_dir / "supervised" / "best.pt"
+    if not teacher.exists():  # before the pool is detected: a wrong path fails at once
+        raise FileNotFoundError(f"stc teacher {teacher}: no such checkpoint")
     rt = setup(cfg.device, cfg.precision)
     with rt.main_first():  # rank 0 detects and caches the boxes, the others read them
         train, val, meta = prepare_run(cfg, run_dir, data_root)
-        pool = unlabeled_pool(data_root)
+        pool = unlabeled_pool(data_root, cfg.cfp_folds)
         all_paths = [p for v in pool.values() for p in v]
         boxes = detect_crop_boxes(all_paths, run_dir / "stc_boxes.json", stc.min_detection_score)
     metrics_path = run_dir / "metrics.json"
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     metrics["stc_pool"] = {k: len(v) for k, v in pool.items()} | {"with_face": len(boxes)}
-    teacher = run_dir / "supervised" / "best.pt"
     for r in range(stc.rounds):
         stage = run_dir / f"stc_round{r + 1}"
         labels_path = stage / "pseudo_labels.json"
