@@ -276,6 +276,10 @@ def test_card_sections_say_what_was_measured(tmp_path):
     lines = "\n".join(demo_section(demo))
     assert "frontal >= 95.0% (met)" in lines and "profile >= 80.0% (NOT met)" in lines
     assert "8 of 280" in lines and "strangers <= 1.0% (NOT met)" in lines
+    open_set = dict(demo, stranger_rate=0.01, frontal_stranger_false_accepts=2, profile_stranger_false_accepts=0)
+    lines = "\n".join(demo_section(demo, open_set))
+    assert "8 of 280" in lines and "`matching.stranger_rate = 0.01`" in lines
+    assert "2 of 280" in lines and lines.count("strangers <= 1.0% (met)") == 1
 
     det = _eval_report("detector", "on", 0.997, 0.913, 0.849)
     fid = _eval_report("fiducials", "on", 0.997, 0.939, 0.967)

@@ -203,7 +203,7 @@ def cmd_finetune_card(args) -> int:
         Path(args.out) if args.out else card_path(Path(args.model)),
         Path(args.student_eval) if args.student_eval else None,
         Path(args.bench) if args.bench else None,
-        Path(args.demo) if args.demo else None,
+        [Path(d) for d in args.demo] if args.demo else None,
         args.recipe,
         Path(args.student_run) if args.student_run else None,
     )
@@ -330,7 +330,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--student-eval", default=None, help="eval JSON of the distilled student")
     p.add_argument("--student-run", default=None, help="the student's training run folder (its budget)")
     p.add_argument("--bench", default=None, help="python -m edge.bench JSON timing this model beside the old one")
-    p.add_argument("--demo", default=None, help="people_demo.json of python -m edge.demo_people with this model")
+    p.add_argument(
+        "--demo",
+        action="append",
+        default=None,
+        help="people_demo.json of python -m edge.demo_people with this model (repeat: e.g. with --stranger-rate too)",
+    )
     p.add_argument("--recipe", default=None, help="the recipe TOML the run was trained with (named in the card)")
     p.add_argument("--out", default=None, help="default: MODEL_CARD.md (default model) or MODEL_CARD_<stem>.md")
     p.set_defaults(func=cmd_finetune_card)
