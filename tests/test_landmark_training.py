@@ -268,6 +268,43 @@ def test_stc_pool_keeps_the_validation_fold_out_and_needs_its_teacher(real_data,
         train_stc(cfg, tmp_path / "run", root)
 
 
+@pytest.mark.parametrize("yaw", [0.0, 30.0, -60.0, 80.0])
+def test_pose_probe_fits_read_back_a_known_yaw(yaw):
+    """The probe's two camera models recover the yaw of the mean face turned and projected their way."""
+    import cv2
+
+    from edge.geometry.headpose import POSE_POINTS, mean_face_3d
+    from training.landmarks.pose_probe import orthographic_yaw, pinhole_yaw
+
+    rot = cv2.Rodrigues(np.array([0.0, np.radians(yaw), 0.0]))[0]
+    turned = mean_face_3d() @ rot.T
+    ortho = 1.5 * turned[:, :2] + 200.0  # scaled orthography
+    idx = list(POSE_POINTS)
+    assert orthographic_yaw(ortho, idx) == pytest.approx(abs(yaw), abs=0.5)
+    size, focal, depth = (400, 400), 400.0, 600.0  # pinhole at focal 1 x the image side
+    proj = focal * turned[:, :2] / (turned[:, 2:] + depth) + 199.5
+    assert pinhole_yaw(proj, idx, size, 1.0) == pytest.approx(abs(yaw), abs=0.5)
+
+
+def test_pose_probe_cli_reports_each_camera(real_data, tmp_path):
+    import subprocess
+    import sys
+
+    root = _tiny_cfp(real_subset(real_data, "cfp"), tmp_path / "cfp")
+    repo = Path(__file__).resolve().parents[1]
+    cmd = [sys.executable, "-m", "training.landmarks.pose_probe", "--cfp-root", str(root), "--folds", "9"]
+    out = subprocess.run(cmd + ["--fiducials", "--focal", "0"], capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "--focal" in out.stderr
+    report_path = tmp_path / "probe.json"
+    subprocess.run(
+        cmd + ["--fiducials", "--focal", "1", "--json", str(report_path)], check=True, capture_output=True, cwd=repo
+    )
+    cameras = json.loads(report_path.read_text())["cameras"]
+    assert list(cameras) == ["pinhole, focal 1 x image side", "scaled orthography"]
+    for r in cameras.values():
+        assert r["frontal_photos"] == r["profile_photos"] == 2 and 0 <= r["auc_profile_reads_more_turned"] <= 1
+
+
 # ------------------------------------------------------------------ face-pretrained trunk, CFP draws, one pass
 
 
