@@ -58,9 +58,10 @@ class YawThresholds:
 
         A stranger is accepted when any template reaches the threshold, so by the union bound
         each pair may false-accept at ``rate / templates``; each bin's threshold is interpolated
-        at that rate in log-FAR on its calibrated grid. Below the grid's smallest rate (too few
-        impostor pairs were measured to resolve it) the strictest measured threshold is used,
-        so the real stranger rate may then exceed ``rate``.
+        at that rate in log-FAR on its calibrated grid, clamped to the grid's rates. Where the
+        calibration had too few impostor pairs to resolve a rate, the grid holds a nearer bin's
+        threshold or the bin's strictest measured one (``edge.calibrate``), so the real stranger
+        rate may then exceed ``rate``.
         """
         if not self.far_grid:
             raise ThresholdsError(

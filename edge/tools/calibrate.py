@@ -18,8 +18,9 @@ A bin with too few impostor pairs to resolve ``--far`` (fewer than 10 / far) bor
 threshold of the nearest bin towards frontal, and the report says so.
 
 Beside the thresholds at ``--far`` it records each bin's thresholds on a grid of rates
-(:data:`FAR_GRID`, 1e-2 down to 1e-5; a rate the bin's impostor pairs cannot resolve keeps the
-strictest resolved threshold, and the report gives each bin's ``grid_smallest_far``). The
+(:data:`FAR_GRID`, 1e-2 down to 1e-5; a rate the bin's impostor pairs cannot resolve borrows the
+nearer bin's as above, or keeps the bin's strictest resolved threshold where no bin resolves it;
+the report gives each bin's ``grid_smallest_far``). The
 runtime's ``matching.stranger_rate`` reads the grid to set thresholds for the gallery's size.
 """
 
@@ -50,7 +51,7 @@ def calibrate_scores(
     thresholds: list[float | None] = []
     report = []
     labels = YawThresholds.uniform(0.0, edges).bin_labels()
-    grid_rows: list[list[float] | None] = []
+    grid_rows: list[list[float | None]] = []
     for b, label in enumerate(labels):
         sel = bins == b
         imp = np.sort(scores[sel & ~same])[::-1]
@@ -63,8 +64,8 @@ def calibrate_scores(
             row.update(threshold=round(thr, 5), far=float((imp >= thr).mean()), tar=tar)
         else:
             row.update(threshold=None, note=f"fewer than {int(10 / far)} impostor pairs: borrowed from a nearer bin")
-        grid_rows.append(_grid_row(imp, FAR_GRID))
-        row["grid_smallest_far"] = min((f for f in FAR_GRID if _threshold_at(imp, f) is not None), default=None)
+        grid_rows.append([_threshold_at(imp, f) for f in FAR_GRID])
+        row["grid_smallest_far"] = min((f for f, t in zip(FAR_GRID, grid_rows[-1]) if t is not None), default=None)
         report.append(row)
     # fill unresolved bins from the nearest resolved bin towards frontal (then outward)
     filled = _fill_from_nearer(
@@ -75,9 +76,9 @@ def calibrate_scores(
             report[i]["threshold"] = round(float(filled[i]), 5)
             sel = (bins == i) & same
             report[i]["tar"] = float((scores[sel] >= filled[i]).mean()) if sel.any() else None
-    if all(r is None for r in grid_rows):  # too few pairs for any rate of the grid: no grid
+    grid = _fill_grid(grid_rows)
+    if grid is None:  # too few pairs for any rate of the grid: no grid
         return YawThresholds(tuple(edges), tuple(filled)), report
-    grid = tuple(tuple(r) for r in _fill_from_nearer(grid_rows, ""))
     return YawThresholds(tuple(edges), tuple(filled), FAR_GRID, grid), report
 
 
@@ -90,18 +91,30 @@ def _threshold_at(impostors_desc: np.ndarray, far: float) -> float | None:
     return float(np.nextafter(impostors_desc[k], np.inf)) if k < impostors_desc.size else float(impostors_desc[-1])
 
 
-def _grid_row(impostors_desc: np.ndarray, far_grid: tuple[float, ...]) -> list[float] | None:
-    """Thresholds at each rate of ``far_grid``; a rate too small to resolve keeps the strictest
-    resolved threshold. None when not even the largest rate is resolved."""
-    row: list[float] = []
-    for f in far_grid:
-        t = _threshold_at(impostors_desc, f)
-        if t is None:
-            if not row:
-                return None
-            t = row[-1]
-        row.append(max(t, row[-1]) if row else t)
-    return row
+def _fill_grid(rows: list[list[float | None]]) -> tuple[tuple[float, ...], ...] | None:
+    """Per bin, thresholds on the rate grid from measured ones (None: too few impostor pairs).
+
+    An unresolved rate borrows the nearest bin's towards frontal that resolves it, as the
+    thresholds at ``--far`` do (so the grid's column at that rate equals them); a rate no bin
+    resolves keeps the bin's strictest measured threshold. Each row is then made non-decreasing
+    as the rate falls. None when no bin resolves any rate."""
+    if all(v is None for row in rows for v in row):
+        return None
+    columns = []
+    for c in range(len(rows[0])):
+        column = [row[c] for row in rows]
+        columns.append(_fill_from_nearer(column, "") if any(v is not None for v in column) else column)
+    out = []
+    for b in range(len(rows)):
+        row: list[float] = []
+        for c in range(len(columns)):
+            value = columns[c][b]
+            value = row[-1] if value is None else value  # not resolved anywhere: the strictest so far
+            if value is None:  # nothing measured at the loosest rates either: the first measured one
+                value = next(columns[k][b] for k in range(c, len(columns)) if columns[k][b] is not None)
+            row.append(max(value, row[-1]) if row else value)
+        out.append(tuple(row))
+    return tuple(out)
 
 
 def _fill_from_nearer(values: list, error: str) -> list:
