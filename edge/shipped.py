@@ -9,10 +9,11 @@ from __future__ import annotations
 from pathlib import Path
 
 MODELS_DIR = Path(__file__).resolve().parent / "models"
-# The default landmark model (the light PIPNet fine-tuned on CFP's profile fiducials, recipe
-# training/landmarks/configs/light_cfp_cpu.toml, one pass per face), and the 300-W-only model it
-# replaced (kept for side-by-side benches and evals; see MODEL_CARD.md).
-SHIPPED_LANDMARKS = MODELS_DIR / "landmarks" / "pipnet_light_cfp.onnx"
+# The default landmark model (the light PIPNet trained on 300-W and CFP's profile fiducials, plus
+# one round of self-training: recipe training/landmarks/configs/light_cfp_stc_cpu.toml, one pass
+# per face), and the 300-W-only model the profile work started from (kept for side-by-side
+# benches and evals; see MODEL_CARD.md).
+SHIPPED_LANDMARKS = MODELS_DIR / "landmarks" / "pipnet_light_stc.onnx"
 PREVIOUS_LANDMARKS = MODELS_DIR / "landmarks" / "pipnet_light.onnx"
 # The default identity model (dlib's CC0 ResNet fine-tuned by training/identity, recipe
 # configs/dlib/shipped.toml), and the small MobileFaceNet trained from scratch that it replaced

@@ -103,7 +103,7 @@ def test_pipeline_label_comes_from_metadata_not_the_file_name(tmp_path):
     renamed = []
     for model in (SHIPPED_LANDMARKS, SHIPPED_IDENTITY_MFN):
         int8 = variant_path(model, "onnx", "int8")
-        target = tmp_path / model.name  # e.g. pipnet_light_cfp.onnx holding the int8 model
+        target = tmp_path / model.name  # e.g. pipnet_light_stc.onnx holding the int8 model
         shutil.copy(int8, target)
         shutil.copy(meta_path_for(int8), meta_path_for(target))
         renamed.append(target)

@@ -750,8 +750,10 @@ def test_embed_face_runs_the_whole_chain_on_real_photos(real_data, tiny_embedder
         assert face.embedding.shape == (DIM,) and face.embedding.dtype == np.float32
         assert np.linalg.norm(face.embedding) == pytest.approx(1.0, abs=1e-5)
         assert face.box.shape == (4,) and face.area > 0 and 0 < face.score <= 1
-    assert abs(faces["frontal"].yaw_deg) < 25
-    assert abs(faces["profile"].yaw_deg) > 40
+    # a profile reads well past the frontal photo (the shipped landmarks' yaw under-reads profiles'
+    # angle, see the landmark card's pose check, so the check is the separation, not 45 degrees)
+    assert abs(faces["frontal"].yaw_deg) < 20
+    assert abs(faces["profile"].yaw_deg) > 30 and abs(faces["profile"].yaw_deg) > abs(faces["frontal"].yaw_deg) + 20
     assert embedder.embed_photo(np.zeros((120, 120, 3), np.uint8)) == []
 
 

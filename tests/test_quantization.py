@@ -174,8 +174,9 @@ def test_shipped_identity_variants_agree_with_fp32_on_real_faces(real_data):
 
     files = _shipped("identity")
     faces, yaws = identity_faces(24, seed=0, skip=456)  # past the build's calibration and selection faces
-    # profiles among them: the head-pose fit reads CFP profiles at about 25-40 degrees (landmark card)
-    assert (np.abs(yaws) > 30).any(), "expected profile faces among the test faces"
+    # profiles among them: the head-pose fit reads CFP profiles at about 20-40 degrees and frontal
+    # photos within 17 (the landmark card's pose check)
+    assert (np.abs(yaws) > 20).any(), "expected profile faces among the test faces"
     ref = embed_batch(load_model(files["onnx/fp32"]), faces)
     for name, path in files.items():
         cos = np.sum(embed_batch(load_model(path), faces) * ref, axis=1)

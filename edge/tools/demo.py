@@ -6,7 +6,7 @@ policy -> the shipped PIPNet (ONNX Runtime) -> numpy decoder -> head pose. Photo
 against their ground truth (on a photo of several faces, the face the truth marks). Writes
 ``<out>/landmarks_demo.png`` and ``<out>/landmarks_demo.json``.
 
-    poseface demo [--out out/demo] [--model edge/models/landmarks/pipnet_light_cfp.onnx]
+    poseface demo [--out out/demo] [--model edge/models/landmarks/pipnet_light_stc.onnx]
 """
 
 from __future__ import annotations

@@ -161,6 +161,22 @@ def _mapping_rows() -> list[str]:
     return lines
 
 
+def _stc_lines(cfg: dict) -> list[str]:
+    """The recipe's self-training rounds, when it has any."""
+    stc = cfg.get("stc", {})
+    if not stc.get("rounds"):
+        return []
+    first = f"`{stc['teacher']}`" if stc.get("teacher") else "the supervised stage"
+    coarse = ", ".join(f"{c}x{c}" if c else "full targets" for c in stc["coarse_sizes"])
+    return [
+        f"- Self-training (STC): {stc['rounds']} round(s), the first labelled by {first}, each the next's"
+        f" teacher. A round retrains the schedule above from the same start ({stc['epochs']} epochs, x{cfg['gamma']}"
+        f" at {stc['milestones']}) with {stc['unlabeled_per_round']} pseudo-labelled faces added (LFW and the"
+        f" recipe's CFP folds, {stc['cfp_fraction']:.0%} CFP, half of those profiles), supervised on the score map"
+        f" max-pooled to {coarse} (round by round; no offsets unless full).",
+    ]
+
+
 def write_profile_card(
     run: Path,
     model: Path,
@@ -218,6 +234,7 @@ def write_profile_card(
         f" {cfg['epochs']} epochs, x{cfg['gamma']} at {cfg['milestones']}; each epoch all 300-W faces plus"
         f" {cfg.get('cfp_per_epoch') or 'all'} CFP faces drawn afresh, profiles at"
         f" {cfg.get('cfp_profile_share') or 'their natural'} share.",
+        *_stc_lines(cfg),
         f"- Augmentation: {cfg['augment']}.",
         f"- Recipe file: `{recipe or f'training/landmarks/configs/{run.name}.toml'}`.",
         "",
@@ -267,10 +284,12 @@ def write_profile_card(
             "",
         ]
     recipe = recipe or f"training/landmarks/configs/{run.name}.toml"
+    rounds = cfg.get("stc", {}).get("rounds", 0)
+    stage = f"stc_round{rounds}" if rounds else "supervised"
     lines += [
         "Reproduce: `python -m training.landmarks train --config "
         f"{recipe} --out RUN`; export with `python -m training.landmarks export --checkpoint"
-        f" RUN/supervised/best.pt --out {model.name} --refine {meta['extra'].get('refine', 1)}`.",
+        f" RUN/{stage}/best.pt --out {model.name} --refine {meta['extra'].get('refine', 1)}`.",
         f"Score on your own data: `python -m training.landmarks eval --model {model} --images DIR`"
         " (add `--boxes detector`), or a CFP-layout root: `--cfp-root DIR --folds LIST`.",
         "",
