@@ -115,7 +115,7 @@ class YawThresholds:
             raise ThresholdsError(
                 f"{source}: field 'version': expected {THRESHOLDS_VERSION}, got {data.get('version')!r}"
             )
-        for name in ("edges_deg", "thresholds"):
+        for name in ("edges_deg", "thresholds") + (("far_grid",) if "far_grid" in data else ()):
             value = data.get(name)
             if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
                 raise ThresholdsError(f"{source}: field '{name}': expected a list of numbers, got {value!r}")
@@ -123,8 +123,6 @@ class YawThresholds:
         if ("far_grid" in data) != ("grid_thresholds" in data):
             raise ThresholdsError(f"{source}: fields 'far_grid' and 'grid_thresholds' come together, got only one")
         far_grid, grid = data.get("far_grid", []), data.get("grid_thresholds", [])
-        if not isinstance(far_grid, (list, tuple)) or not all(_is_number(v) for v in far_grid):
-            raise ThresholdsError(f"{source}: field 'far_grid': expected a list of numbers, got {far_grid!r}")
         if not isinstance(grid, (list, tuple)) or not all(
             isinstance(row, (list, tuple)) and all(_is_number(v) for v in row) for row in grid
         ):

@@ -165,7 +165,7 @@ class FacePipeline:
         t0 = clock()
         gallery = self.gallery() if (self.gallery is not None and embeddings is not None) else None
         thresholds = self.thresholds
-        if self.stranger_rate is not None and thresholds is not None:
+        if self.stranger_rate is not None and embeddings is not None:  # only for frames with faces to match
             thresholds = thresholds.for_stranger_rate(
                 len(gallery.names) if gallery is not None else 0, self.stranger_rate
             )

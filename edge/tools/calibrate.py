@@ -97,7 +97,8 @@ def _fill_grid(rows: list[list[float | None]]) -> tuple[tuple[float, ...], ...] 
     An unresolved rate borrows the nearest bin's towards frontal that resolves it, as the
     thresholds at ``--far`` do (so the grid's column at that rate equals them); a rate no bin
     resolves keeps the bin's strictest measured threshold. Each row is then made non-decreasing
-    as the rate falls. None when no bin resolves any rate."""
+    as the rate falls. None when no bin resolves any rate. (A bin that resolves a rate resolves
+    every larger one, so the loosest rate is resolved somewhere whenever any rate is.)"""
     if all(v is None for row in rows for v in row):
         return None
     columns = []
@@ -106,13 +107,9 @@ def _fill_grid(rows: list[list[float | None]]) -> tuple[tuple[float, ...], ...] 
         columns.append(_fill_from_nearer(column, "") if any(v is not None for v in column) else column)
     out = []
     for b in range(len(rows)):
-        row: list[float] = []
-        for c in range(len(columns)):
-            value = columns[c][b]
-            value = row[-1] if value is None else value  # not resolved anywhere: the strictest so far
-            if value is None:  # nothing measured at the loosest rates either: the first measured one
-                value = next(columns[k][b] for k in range(c, len(columns)) if columns[k][b] is not None)
-            row.append(max(value, row[-1]) if row else value)
+        row = [columns[0][b]]
+        for column in columns[1:]:  # not resolved anywhere: the strictest so far
+            row.append(row[-1] if column[b] is None else max(column[b], row[-1]))
         out.append(tuple(row))
     return tuple(out)
 
