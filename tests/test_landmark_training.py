@@ -283,7 +283,7 @@ def test_pose_probe_fits_read_back_a_known_yaw(yaw):
     assert orthographic_yaw(ortho, idx) == pytest.approx(abs(yaw), abs=0.5)
     size, focal, depth = (400, 400), 400.0, 600.0  # pinhole at focal 1 x the image side
     proj = focal * turned[:, :2] / (turned[:, 2:] + depth) + 199.5
-    assert pinhole_yaw(proj, idx, size, 1.0) == pytest.approx(abs(yaw), abs=0.5)
+    assert pinhole_yaw(proj, size, 1.0) == pytest.approx(abs(yaw), abs=0.5)
 
 
 def test_pose_probe_cli_reports_each_camera(real_data, tmp_path):

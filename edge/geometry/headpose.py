@@ -59,10 +59,11 @@ def mean_face_3d() -> np.ndarray:
     return points
 
 
-def camera_matrix(image_size: tuple[int, int]) -> np.ndarray:
-    """Pinhole intrinsics for an image of (width, height) pixels."""
+def camera_matrix(image_size: tuple[int, int], focal_scale: float = 1.0) -> np.ndarray:
+    """Pinhole intrinsics for an image of (width, height) pixels; the focal length is
+    ``focal_scale`` x the larger side (1: the device's assumption)."""
     width, height = image_size
-    focal = float(max(width, height))
+    focal = focal_scale * float(max(width, height))
     return np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
 
 
@@ -84,14 +85,17 @@ def head_pose(points68: np.ndarray, image_size: tuple[int, int]) -> HeadPose:
     return _fit(points, list(POSE_POINTS), image_size)
 
 
-def head_pose_of_known_points(points68: np.ndarray, image_size: tuple[int, int], min_points: int = 6) -> HeadPose:
+def head_pose_of_known_points(
+    points68: np.ndarray, image_size: tuple[int, int], min_points: int = 6, focal_scale: float = 1.0
+) -> HeadPose:
     """Head pose from a partial (68, 2) set, NaN where a point is unknown (hand-marked points
-    mapped to the 68 scheme, e.g. CFP's fiducials): the fit uses the POSE_POINTS that are known."""
+    mapped to the 68 scheme, e.g. CFP's fiducials): the fit uses the POSE_POINTS that are known.
+    ``focal_scale``: the camera's focal length in larger image sides (see :func:`camera_matrix`)."""
     points = _points68(points68)
     idx = [i for i in POSE_POINTS if np.isfinite(points[i]).all()]
     if len(idx) < min_points:
         raise ValueError(f"head_pose: {len(idx)} of the pose points are known, expected at least {min_points}")
-    return _fit(points, idx, image_size)
+    return _fit(points, idx, image_size, focal_scale)
 
 
 def _points68(points68) -> np.ndarray:
@@ -101,10 +105,10 @@ def _points68(points68) -> np.ndarray:
     return points
 
 
-def _fit(points: np.ndarray, idx: list[int], image_size: tuple[int, int]) -> HeadPose:
+def _fit(points: np.ndarray, idx: list[int], image_size: tuple[int, int], focal_scale: float = 1.0) -> HeadPose:
     object_points = mean_face_3d()[idx]
     image_points = points[idx]
-    cam = camera_matrix(image_size)
+    cam = camera_matrix(image_size, focal_scale)
     dist = np.zeros(4)
     ok, rvec, tvec = cv2.solvePnP(object_points, image_points, cam, dist, flags=cv2.SOLVEPNP_SQPNP)
     if not ok:

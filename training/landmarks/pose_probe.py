@@ -26,24 +26,18 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
-from edge.geometry.headpose import POSE_POINTS, angles_from_rotation, mean_face_3d
-from training.landmarks.posecheck import FRONTAL_MAX_YAW, PROFILE_MIN_YAW
+from edge.geometry.headpose import POSE_POINTS, angles_from_rotation, head_pose_of_known_points, mean_face_3d
+from training.landmarks.posecheck import FRONTAL_MAX_YAW, PROFILE_MIN_YAW, fiducial_points, photo_points
 
 
-def pinhole_yaw(points: np.ndarray, idx: list[int], image_size: tuple[int, int], focal_scale: float) -> float:
-    """|yaw| of a pinhole fit (focal = ``focal_scale`` x the larger image side), as the device
-    fits it at ``focal_scale`` 1."""
-    width, height = image_size
-    focal = focal_scale * max(width, height)
-    cam = np.array([[focal, 0.0, (width - 1) / 2.0], [0.0, focal, (height - 1) / 2.0], [0.0, 0.0, 1.0]])
-    obj, img, dist = mean_face_3d()[idx], points[idx], np.zeros(4)
-    ok, rvec, tvec = cv2.solvePnP(obj, img, cam, dist, flags=cv2.SOLVEPNP_SQPNP)
-    if not ok:
+def pinhole_yaw(points: np.ndarray, image_size: tuple[int, int], focal_scale: float) -> float:
+    """|yaw| of the device's pinhole fit on the known pose points, with the focal length at
+    ``focal_scale`` x the larger image side (the device's assumption at 1); NaN where it fails."""
+    try:
+        return abs(head_pose_of_known_points(points, image_size, focal_scale=focal_scale).yaw)
+    except ValueError:
         return float("nan")
-    rvec, tvec = cv2.solvePnPRefineLM(obj, img, cam, dist, rvec, tvec)
-    return abs(angles_from_rotation(cv2.Rodrigues(rvec)[0])[0])
 
 
 def orthographic_yaw(points: np.ndarray, idx: list[int], iterations: int = 20) -> float:
@@ -81,25 +75,11 @@ def orthographic_yaw(points: np.ndarray, idx: list[int], iterations: int = 20) -
 
 def view_points(photos, landmarker, progress: bool = True) -> list[tuple[np.ndarray, tuple[int, int]] | None]:
     """(68, 2) points (NaN where unknown) and the image size per photo: the device chain's with a
-    landmarker, CFP's fiducials mapped to the 68 scheme without one; None where no face was found."""
-    from edge.core.faces import largest_face_landmarks
-    from edge.datasets.cfp import read_fiducials
-    from edge.datasets.cfp_fiducials import fiducials_to_ibug68
-    from edge.detect.registry import build_detector
-    from edge.imageio import read_image_bgr
-    from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
-
-    detector = build_detector({"type": "blazeface", "range": "short"}) if landmarker is not None else None
-    out = []
-    for photo in tqdm(photos, desc="points", disable=not progress, mininterval=5):
-        image = read_image_bgr(photo.image_path)
-        size = (image.shape[1], image.shape[0])
-        if landmarker is None:
-            out.append((fiducials_to_ibug68(read_fiducials(photo.fiducials_path), photo.view)[0], size))
-            continue
-        pts = largest_face_landmarks(image, detector, BLAZEFACE_SHORT_CROP, landmarker, 0)
-        out.append(None if pts is None else (np.asarray(pts, dtype=np.float64), size))
-    return out
+    landmarker (one pass), CFP's fiducials mapped to the 68 scheme without one; None where no
+    face was found."""
+    if landmarker is None:
+        return fiducial_points(photos, progress)
+    return photo_points(landmarker, photos, progress=progress, refine=0)
 
 
 def probe(frontal: list, profile: list, focal_scales: tuple[float, ...]) -> dict:
@@ -117,7 +97,7 @@ def probe(frontal: list, profile: list, focal_scales: tuple[float, ...]) -> dict
                 idx = [i for i in POSE_POINTS if np.isfinite(points[i]).all()]
                 if len(idx) < 6:
                     continue
-                values.append(pinhole_yaw(points, idx, size, k) if k is not None else orthographic_yaw(points, idx))
+                values.append(pinhole_yaw(points, size, k) if k is not None else orthographic_yaw(points, idx))
             yaws[view] = np.array([v for v in values if np.isfinite(v)])
         fr, pr = yaws["frontal"], yaws["profile"]
         report[name] = {

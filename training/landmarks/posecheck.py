@@ -25,32 +25,46 @@ FRONTAL_MAX_YAW = 20.0
 PROFILE_MIN_YAW = 45.0
 
 
+def photo_points(
+    landmarker: Landmarker, photos, detector=None, progress: bool = True, refine: int | None = None
+) -> list[tuple[np.ndarray, tuple[int, int]] | None]:
+    """(68, 2) points and the image's (width, height) per photo from the device chain (its
+    largest face, ``refine`` re-crops); None where no face was found."""
+    detector = detector or build_detector({"type": "blazeface", "range": "short"})
+    out: list[tuple[np.ndarray, tuple[int, int]] | None] = []
+    for photo in tqdm(photos, disable=not progress, desc="pose check", mininterval=5):
+        image = read_image_bgr(photo.image_path)
+        pts = largest_face_landmarks(image, detector, BLAZEFACE_SHORT_CROP, landmarker, refine)
+        out.append(None if pts is None else (pts, (image.shape[1], image.shape[0])))
+    return out
+
+
+def fiducial_points(photos, progress: bool = True) -> list[tuple[np.ndarray, tuple[int, int]]]:
+    """Each photo's hand-marked CFP fiducials mapped to the 68 scheme (NaN where none maps), and
+    the image's (width, height)."""
+    out = []
+    for photo in tqdm(photos, disable=not progress, desc="pose check (fiducials)", mininterval=5):
+        points, _ = fiducials_to_ibug68(read_fiducials(photo.fiducials_path), photo.view)
+        height, width = read_image_bgr(photo.image_path).shape[:2]
+        out.append((points, (width, height)))
+    return out
+
+
 def photo_yaws(
     landmarker: Landmarker, photos, detector=None, progress: bool = True, refine: int | None = None
 ) -> list[float | None]:
     """|yaw| in degrees per photo from the device chain (its largest face, ``refine`` re-crops);
     None where no face was found."""
-    detector = detector or build_detector({"type": "blazeface", "range": "short"})
-    out: list[float | None] = []
-    for photo in tqdm(photos, disable=not progress, desc="pose check", mininterval=5):
-        image = read_image_bgr(photo.image_path)
-        pts = largest_face_landmarks(image, detector, BLAZEFACE_SHORT_CROP, landmarker, refine)
-        if pts is None:
-            out.append(None)
-            continue
-        out.append(abs(head_pose(pts, (image.shape[1], image.shape[0])).yaw))
-    return out
+    return [
+        None if item is None else abs(head_pose(*item).yaw)
+        for item in photo_points(landmarker, photos, detector, progress, refine)
+    ]
 
 
 def fiducial_yaws(photos, progress: bool = True) -> list[float]:
     """|yaw| in degrees per photo from its hand-marked CFP fiducials (mapped to the 68 scheme,
     the pose points CFP marks), through the same head-pose fit as the device's landmarks."""
-    out = []
-    for photo in tqdm(photos, disable=not progress, desc="pose check (fiducials)", mininterval=5):
-        points, _ = fiducials_to_ibug68(read_fiducials(photo.fiducials_path), photo.view)
-        height, width = read_image_bgr(photo.image_path).shape[:2]
-        out.append(abs(head_pose_of_known_points(points, (width, height)).yaw))
-    return out
+    return [abs(head_pose_of_known_points(*item).yaw) for item in fiducial_points(photos, progress)]
 
 
 def pose_check(
