@@ -399,6 +399,9 @@ def test_eval_cli_names_absent_folds_and_scores_the_shipped_model(real_data, tmp
     assert out.returncode == 2 and "fold(s) 10 not found" in out.stderr
     out = subprocess.run(cmd + ["--test-fold", "9", "--calib-folds", "9"], capture_output=True, text=True, cwd=repo)
     assert out.returncode == 2 and "thresholds must come from other folds" in out.stderr
+    cohort = ["--test-fold", "9", "--calib-folds", "8", "--cohort-folds", "7-8"]
+    out = subprocess.run(cmd + cohort, capture_output=True, text=True, cwd=repo)
+    assert out.returncode == 2 and "--cohort-folds 7-8: must be other people" in out.stderr
     report_path = tmp_path / "eval.json"
     subprocess.run(
         cmd
@@ -426,3 +429,26 @@ def test_eval_cli_names_absent_folds_and_scores_the_shipped_model(real_data, tmp
     assert (tmp_path / "roc.png").stat().st_size > 1000
     # the bar a default identity model has to clear to ship (issue 17's minimum, CFP fold 9)
     assert report["FF"]["accuracy"] >= 0.99 and report["FP"]["accuracy"] >= 0.91, (report["FF"], report["FP"])
+
+
+def test_face_table_scores_cohort_normalised_pairs_as_the_device_does():
+    from edge.core.scorenorm import ScoreNorm, cohort_means
+    from training.identity.evaluate import FaceTable
+
+    rng = np.random.default_rng(0)
+    # people 1-100 (folds 1-2) and 401-402 (fold 9)
+    people = list(range(1, 101)) + [401, 402]
+    keys = [f"{p:03d}/{v}/{n:02d}.jpg" for p in people for v in ("frontal", "profile") for n in (1, 2)]
+    emb = rng.normal(size=(len(keys), 8)).astype(np.float32)
+    emb /= np.linalg.norm(emb, axis=1, keepdims=True)
+    table = FaceTable(keys, emb, np.zeros(len(keys)))
+    raw = table.score("401/frontal/01.jpg", "402/profile/02.jpg")
+    table.normalise_with_cohort([1], top_k=10)
+    cohort = cohort_means([int(k[:3]) for k in keys[:200]], [k.split("/")[1] for k in keys[:200]], emb[:200])
+    assert table.norm.cohort.shape == (100, 8) and np.allclose(table.norm.cohort, cohort, atol=1e-6)
+    a, b = emb[keys.index("401/frontal/01.jpg")], emb[keys.index("402/profile/02.jpg")]
+    want = ScoreNorm(cohort, 10).pair_scores(a[None], b[None])[0, 0]
+    got = table.score("401/frontal/01.jpg", "402/profile/02.jpg")
+    assert got == pytest.approx(want, rel=1e-5) and got != pytest.approx(raw)
+    with pytest.raises(ValueError, match="no face of those folds"):
+        table.normalise_with_cohort([5], top_k=10)

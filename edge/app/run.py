@@ -119,15 +119,41 @@ def matching_thresholds(cfg: RuntimeConfig, embedder):
     m = cfg.matching
     if m.thresholds != THRESHOLDS_FROM_METADATA:
         return YawThresholds(tuple(m.yaw_bin_edges), tuple(m.thresholds))
-    data = embedder.meta.extra.get("matching_thresholds")
-    if data is None:
-        raise ConfigError(
-            str(cfg.embedding.model),
-            "matching.thresholds",
-            "calibrated thresholds in the model metadata (run python -m edge.calibrate) or a list in the config",
-            "none in the metadata",
-        )
+    data = _metadata_record(
+        cfg,
+        embedder,
+        "matching_thresholds",
+        "matching.thresholds",
+        "calibrated thresholds in the model metadata (run python -m edge.calibrate) or a list in the config",
+    )
     return YawThresholds.from_dict(data, source=f"{cfg.embedding.model} metadata")
+
+
+def _metadata_record(cfg: RuntimeConfig, embedder, name: str, key: str, expected: str):
+    """``extra[name]`` of the identity model's metadata, or a ConfigError blaming ``key``."""
+    data = embedder.meta.extra.get(name)
+    if data is None:
+        raise ConfigError(str(cfg.embedding.model), key, expected, "none in the metadata")
+    return data
+
+
+def matching_score_norm(cfg: RuntimeConfig, embedder, thresholds):
+    """The cohort score normalisation the thresholds were calibrated with (None for cosines)."""
+    if embedder is None or thresholds.score == "cosine":
+        return None
+    from edge.core.scorenorm import ScoreNorm, ScoreNormError
+
+    record = _metadata_record(
+        cfg,
+        embedder,
+        "score_norm",
+        "extra.score_norm",
+        "the cohort its as-norm thresholds were calibrated with (rerun python -m edge.calibrate)",
+    )
+    try:
+        return ScoreNorm.from_meta(record, cfg.embedding.model, source=f"{cfg.embedding.model} metadata")
+    except ScoreNormError as err:
+        raise ConfigError(str(cfg.embedding.model), "extra.score_norm", "a usable cohort", str(err)) from None
 
 
 class GalleryView:
@@ -200,6 +226,7 @@ def build_pipeline(cfg: RuntimeConfig, stills: bool):
     if cfg.embedding.model is not None:
         embedder = load_model(cfg.embedding.model, threads=threads, providers=providers)
         thresholds = matching_thresholds(cfg, embedder)
+    score_norm = matching_score_norm(cfg, embedder, thresholds)
     gallery = None
     if embedder is not None:
         from edge.app.service import gallery_key
@@ -218,6 +245,7 @@ def build_pipeline(cfg: RuntimeConfig, stills: bool):
         stills=stills,
         flip={"model": None, "on": True, "off": False}[cfg.embedding.test_time_flip],
         stranger_rate=cfg.matching.stranger_rate,
+        score_norm=score_norm,
     )
     return pipeline, gallery
 

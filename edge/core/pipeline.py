@@ -108,9 +108,16 @@ class FacePipeline:
         clock: Callable[[], float] = time.perf_counter,
         flip: bool | None = None,
         stranger_rate: float | None = None,
+        score_norm=None,
     ):
         if embedder is not None and thresholds is None:
             raise ValueError("FacePipeline: an identity model needs matching thresholds")
+        if thresholds is not None and (thresholds.score == "as-norm") != (score_norm is not None):
+            raise ValueError(
+                f"FacePipeline: the thresholds compare {thresholds.score} scores; "
+                "normalised scores need the model's cohort (edge.core.scorenorm) and cosines none"
+            )
+        self.score_norm = score_norm  # edge.core.scorenorm.ScoreNorm when the thresholds are normalised
         self.detector, self.crop_policy, self.landmarker = detector, crop_policy, landmarker
         self.embedder, self.gallery, self.thresholds = embedder, gallery, thresholds
         # The crop the identity model expects (its metadata); without one, faces are still
@@ -176,7 +183,7 @@ class FacePipeline:
             elif gallery is None or len(gallery.names) == 0:
                 matches.append(MatchResult(None, None, None, None, thresholds.threshold_for(pose.yaw)))
             else:
-                matches.append(match(embeddings[i], pose.yaw, gallery, thresholds))
+                matches.append(match(embeddings[i], pose.yaw, gallery, thresholds, self.score_norm))
         t["match"] = (clock() - t0) * 1000
 
         observations = [

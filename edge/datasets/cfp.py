@@ -35,6 +35,11 @@ def fold_identities(fold: int) -> range:
     return range(CFP_FOLD_SIZE * (fold - 1) + 1, CFP_FOLD_SIZE * fold + 1)
 
 
+def fold_of(identity: int) -> int:
+    """The protocol fold holding ``identity`` (the inverse of :func:`fold_identities`)."""
+    return (int(identity) - 1) // CFP_FOLD_SIZE + 1
+
+
 @dataclass(frozen=True)
 class CfpPhoto:
     """One CFP photo; ``view`` is "frontal" or "profile", ``number`` its 1-based index."""

@@ -40,10 +40,17 @@ from edge.core.matching import DEFAULT_YAW_EDGES, YawThresholds
 # False-accept rates at which every bin's threshold is also recorded, for matching.stranger_rate
 # (edge.core.matching.YawThresholds.for_stranger_rate): descending.
 FAR_GRID = (1e-2, 3e-3, 1e-3, 3e-4, 1e-4, 3e-5, 1e-5)
+# Cohort scores per face for --cohort-folds (edge.core.scorenorm), chosen on CFP fold 8.
+DEFAULT_TOP_K = 25
 
 
 def calibrate_scores(
-    scores: np.ndarray, same: np.ndarray, probe_abs_yaw: np.ndarray, edges: tuple[float, ...], far: float
+    scores: np.ndarray,
+    same: np.ndarray,
+    probe_abs_yaw: np.ndarray,
+    edges: tuple[float, ...],
+    far: float,
+    score: str = "cosine",
 ) -> tuple[YawThresholds, list[dict]]:
     """Per |yaw| bin: the threshold at ``far`` from impostor scores, and the TAR it gives."""
     scores, same, yaw = (np.asarray(a) for a in (scores, same, probe_abs_yaw))
@@ -78,8 +85,8 @@ def calibrate_scores(
             report[i]["tar"] = float((scores[sel] >= filled[i]).mean()) if sel.any() else None
     grid = _fill_grid(grid_rows)
     if grid is None:  # too few pairs for any rate of the grid: no grid
-        return YawThresholds(tuple(edges), tuple(filled)), report
-    return YawThresholds(tuple(edges), tuple(filled), FAR_GRID, grid), report
+        return YawThresholds(tuple(edges), tuple(filled), score=score), report
+    return YawThresholds(tuple(edges), tuple(filled), FAR_GRID, grid, score), report
 
 
 def _threshold_at(impostors_desc: np.ndarray, far: float) -> float | None:
@@ -139,8 +146,16 @@ def dense_probe_pairs(identities: np.ndarray, views: np.ndarray, embeddings: np.
     return scores[not_self], same[not_self], probe_yaw[not_self]
 
 
-def write_thresholds(model: Path, thresholds: YawThresholds, details: dict) -> Path:
-    """Record the thresholds in the metadata JSON beside ``model`` (atomically)."""
+def write_thresholds(
+    model: Path, thresholds: YawThresholds, details: dict, cohort: np.ndarray | None = None, top_k=None
+) -> Path:
+    """Record the thresholds in the metadata JSON beside ``model`` (atomically). With ``cohort``
+    (normalised thresholds) the cohort goes beside the model as ``<stem>.cohort.npy`` and the
+    metadata names it (``extra.score_norm``); without, any earlier cohort record is dropped."""
+    import hashlib
+    import io
+
+    from edge.core.scorenorm import METHOD
     from edge.runtime.meta import meta_path_for
 
     path = meta_path_for(model)
@@ -148,35 +163,37 @@ def write_thresholds(model: Path, thresholds: YawThresholds, details: dict) -> P
     extra = data.setdefault("extra", {})
     extra["matching_thresholds"] = thresholds.to_dict()
     extra["matching_calibration"] = details
+    extra.pop("score_norm", None)
+    if cohort is not None:
+        buffer = io.BytesIO()
+        np.save(buffer, np.asarray(cohort, dtype=np.float16), allow_pickle=False)
+        cohort_path = model.with_name(f"{model.stem}.cohort.npy")
+        tmp_cohort = cohort_path.with_name(cohort_path.name + ".tmp")
+        tmp_cohort.write_bytes(buffer.getvalue())
+        os.replace(tmp_cohort, cohort_path)
+        extra["score_norm"] = {
+            "method": METHOD,
+            "top_k": int(top_k),
+            "cohort_file": cohort_path.name,
+            "cohort_sha256": hashlib.sha256(buffer.getvalue()).hexdigest(),
+            "cohort_source": details["score_norm"]["cohort"],
+        }
     tmp = path.with_suffix(".json.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
     return path
 
 
-def calibrate_model(
-    model: Path, cfp_root, folds, far: float, edges, landmark_model=None, threads: int = 2, progress: bool = True
-) -> tuple[YawThresholds, dict]:
+def chain_embeddings(photos, embedder, landmarker, detector, spec, progress: bool = True, desc: str = "faces"):
+    """(identities, views, unit embeddings, |yaw|, photos without a face) through the device chain."""
     from tqdm import tqdm
 
-    from edge.core.faces import alignment_for, embed_batch, prepare_largest_face
-    from edge.datasets.cfp import cfp_photos, fold_identities
-    from edge.detect.registry import build_detector
+    from edge.core.faces import embed_batch, prepare_largest_face
     from edge.imageio import read_image_bgr
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
-    from edge.landmarks.landmarker import Landmarker
-    from edge.runtime.runner import load_model
-    from edge.shipped import SHIPPED_LANDMARKS
 
-    embedder = load_model(model, threads=threads)
-    spec = alignment_for(embedder)
-    landmarker = Landmarker(load_model(landmark_model or SHIPPED_LANDMARKS, threads=threads))
-    detector = build_detector({"type": "blazeface", "range": "short", "threads": threads})
-    photos = cfp_photos(cfp_root, identities=[i for f in folds for i in fold_identities(f)])
-    if not photos:
-        raise ValueError(f"--cfp-root {cfp_root}: no photos of fold(s) {folds}")
     ids, views, faces, yaws, missing = [], [], [], [], 0
-    for photo in tqdm(photos, desc="calibration faces", disable=not progress, mininterval=5):
+    for photo in tqdm(photos, desc=desc, disable=not progress, mininterval=5):
         face = prepare_largest_face(read_image_bgr(photo.image_path), detector, BLAZEFACE_SHORT_CROP, landmarker, spec)
         if face is None:
             missing += 1
@@ -185,19 +202,87 @@ def calibrate_model(
         views.append(photo.view)
         faces.append(face.aligned)
         yaws.append(abs(face.yaw))
-    emb = embed_batch(embedder, faces)
-    scores, same, probe_yaw = dense_probe_pairs(np.array(ids), np.array(views), emb, np.array(yaws))
-    thresholds, rows = calibrate_scores(scores, same, probe_yaw, tuple(edges), far)
+    return np.array(ids), np.array(views), embed_batch(embedder, faces), np.array(yaws), missing
+
+
+def calibrate_model(
+    model: Path,
+    cfp_root,
+    folds,
+    far: float,
+    edges,
+    landmark_model=None,
+    threads: int = 2,
+    progress: bool = True,
+    cohort_folds=(),
+    top_k: int = DEFAULT_TOP_K,
+) -> tuple[YawThresholds, dict, np.ndarray | None]:
+    """Thresholds, the report, and the cohort (None without ``cohort_folds``: cosine thresholds)."""
+    from edge.core.faces import alignment_for
+    from edge.core.scorenorm import ScoreNorm, cohort_means
+    from edge.datasets.cfp import cfp_photos, fold_identities
+    from edge.detect.registry import build_detector
+    from edge.landmarks.landmarker import Landmarker
+    from edge.runtime.runner import load_model
+    from edge.shipped import SHIPPED_LANDMARKS
+
+    overlap = sorted(set(folds) & set(cohort_folds))
+    if overlap:
+        raise ValueError(f"--cohort-folds: fold(s) {overlap} are also calibrated on; the cohort must be other people")
+    embedder = load_model(model, threads=threads)
+    spec = alignment_for(embedder)
+    landmarker = Landmarker(load_model(landmark_model or SHIPPED_LANDMARKS, threads=threads))
+    detector = build_detector({"type": "blazeface", "range": "short", "threads": threads})
+    photos = cfp_photos(cfp_root, identities=[i for f in folds for i in fold_identities(f)])
+    if not photos:
+        raise ValueError(f"--cfp-root {cfp_root}: no photos of fold(s) {folds}")
+    chain = (embedder, landmarker, detector, spec, progress)
+    ids, views, emb, yaws, missing = chain_embeddings(photos, *chain, desc="calibration faces")
+    scores, same, probe_yaw = dense_probe_pairs(ids, views, emb, yaws)
+    cohort, norm_details = None, None
+    if cohort_folds:
+        cohort_photos = cfp_photos(cfp_root, identities=[i for f in cohort_folds for i in fold_identities(f)])
+        if not cohort_photos:
+            raise ValueError(f"--cfp-root {cfp_root}: no photos of cohort fold(s) {list(cohort_folds)}")
+        c_ids, c_views, c_emb, _, _ = chain_embeddings(cohort_photos, *chain, desc="cohort faces")
+        cohort = cohort_means(c_ids, c_views, c_emb)
+        norm = ScoreNorm(cohort.astype(np.float16).astype(np.float32), top_k)  # as stored
+        gallery = views == "frontal"
+        normed = norm.normalise(emb[gallery] @ emb.T, norm.stats(emb[gallery]), norm.stats(emb))
+        not_self = np.flatnonzero(gallery)[:, None] != np.arange(len(ids))[None, :]
+        scores = normed[not_self]
+        norm_details = {
+            "method": "as-norm",
+            "top_k": top_k,
+            "cohort": f"CFP fold(s) {list(cohort_folds)}: one mean embedding per person and view "
+            f"({len(cohort)} rows from {len(cohort_photos)} photos), through the device chain",
+        }
+    thresholds, rows = calibrate_scores(
+        scores, same, probe_yaw, tuple(edges), far, "as-norm" if cohort_folds else "cosine"
+    )
     details = {
         "far": far,
         "cfp_folds": list(folds),
         "photos": len(photos),
         "photos_without_face": missing,
+        "landmark_model": Path(landmark_model or SHIPPED_LANDMARKS).name,
         "pairs": "dense: every frontal photo (gallery) x every other photo (probe), binned by the probe's |yaw|",
         "bins": rows,
         "date": time.strftime("%Y-%m-%d", time.gmtime()),
     }
-    return thresholds, details
+    if norm_details is not None:
+        details["score_norm"] = norm_details
+    return thresholds, details, cohort
+
+
+def add_cohort_arguments(parser: argparse.ArgumentParser, what: str) -> None:
+    """``--cohort-folds`` and ``--top-k``, as calibration and training's evaluation share them."""
+    parser.add_argument(
+        "--cohort-folds",
+        default="",
+        help=f"CFP folds of other people (e.g. '1-7'): {what}; default: plain cosines",
+    )
+    parser.add_argument("--top-k", type=int, default=DEFAULT_TOP_K, help="cohort scores per face for --cohort-folds")
 
 
 def main(argv=None) -> int:
@@ -209,6 +294,7 @@ def main(argv=None) -> int:
     p.add_argument(
         "--yaw-edges", type=float, nargs="+", default=list(DEFAULT_YAW_EDGES), help="|yaw| bin edges, degrees"
     )
+    add_cohort_arguments(p, "calibrate cohort-normalised scores (AS-norm) and store the cohort beside the model")
     p.add_argument("--landmark-model", default=None)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write the calibration report here too")
@@ -223,8 +309,17 @@ def main(argv=None) -> int:
         if not model.exists():
             raise FileNotFoundError(f"--model {model}: no such file")
         root = cfp_root(args.cfp_root)
-        thresholds, details = calibrate_model(
-            model, root, parse_folds(args.folds), args.far, tuple(args.yaw_edges), args.landmark_model, args.threads
+        cohort_folds = parse_folds(args.cohort_folds) if args.cohort_folds else []
+        thresholds, details, cohort = calibrate_model(
+            model,
+            root,
+            parse_folds(args.folds),
+            args.far,
+            tuple(args.yaw_edges),
+            args.landmark_model,
+            args.threads,
+            cohort_folds=cohort_folds,
+            top_k=args.top_k,
         )
     except (ValueError, FileNotFoundError) as err:
         print(f"edge.calibrate: {err}", file=sys.stderr)
@@ -236,7 +331,8 @@ def main(argv=None) -> int:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(text + "\n")
     if not args.dry_run:
-        print(f"thresholds written to {write_thresholds(model, thresholds, details)}", file=sys.stderr)
+        written = write_thresholds(model, thresholds, details, cohort, args.top_k)
+        print(f"thresholds written to {written}", file=sys.stderr)
     return 0
 
 

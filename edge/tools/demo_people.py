@@ -234,6 +234,11 @@ def main(argv=None) -> int:
         "thresholds": "gallery-size-aware (matching.stranger_rate)"
         if args.stranger_rate is not None
         else "each pair at the calibrated FAR",
+        # what the thresholds compare: "cosine", or "as-norm" (cohort-normalised, edge.core.scorenorm)
+        "scores": json.loads(model.with_suffix(".json").read_text())
+        .get("extra", {})
+        .get("matching_thresholds", {})
+        .get("score", "cosine"),
     }
     for view in ("frontal", "profile"):
         rows = rate(view, True)

@@ -9,6 +9,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from edge.tools.calibrate import add_cohort_arguments
+
 
 def cmd_prepare(args) -> int:
     from edge.geometry.align import AlignmentSpec
@@ -99,6 +101,9 @@ def cmd_eval(args) -> int:
             f"--test-fold {args.test_fold} is also in --calib-folds {args.calib_folds}: "
             "thresholds must come from other folds"
         )
+    cohort = parse_folds(args.cohort_folds) if args.cohort_folds else []
+    if set(cohort) & {args.test_fold, *calib}:
+        raise ValueError(f"--cohort-folds {args.cohort_folds}: must be other people than --test-fold and --calib-folds")
     ev.check_folds(root, [args.test_fold, *calib])
     landmark_model = Path(args.landmark_model) if args.landmark_model else ev.default_landmark_model()
     landmarker = load_landmarker(landmark_model)
@@ -106,14 +111,16 @@ def cmd_eval(args) -> int:
     if args.model == "dlib":
         from training.identity.baseline_dlib import DlibFaceRecognizer
 
-        table = ev.photo_table(root, [args.test_fold, *calib], landmarker, args.boxes, DlibFaceRecognizer())
+        table = ev.photo_table(root, [args.test_fold, *calib, *cohort], landmarker, args.boxes, DlibFaceRecognizer())
         name = "dlib_face_recognition_resnet_model_v1"
     else:
         runner = ev.load_embedder(Path(args.model), threads=args.threads)
         flip = {"model": None, "on": True, "off": False}[args.flip]
         embedder = ev.RunnerEmbedder(runner, flip=flip)
-        table = ev.photo_table(root, [args.test_fold, *calib], landmarker, args.boxes, embedder)
+        table = ev.photo_table(root, [args.test_fold, *calib, *cohort], landmarker, args.boxes, embedder)
         name = str(args.model)
+    if cohort:
+        table.normalise_with_cohort(cohort, args.top_k)
     report = ev.verification_report(root, table, args.test_fold, calib, with_roc=bool(args.roc))
     rocs = report.pop("_roc", None)
     report = {
@@ -123,6 +130,7 @@ def cmd_eval(args) -> int:
         "flip": args.flip,
         "landmark_model": str(landmark_model),
         "landmark_refine": landmarker.refine,
+        "score_norm": {"method": "as-norm", "cohort_folds": cohort, "top_k": args.top_k} if cohort else None,
         **report,
         "seconds": round(time.time() - t0, 1),
     }
@@ -280,6 +288,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write the report here too")
     p.add_argument("--roc", default=None, help="write the dense-pair ROC plot (PNG) here")
+    add_cohort_arguments(p, "score cohort-normalised pairs (AS-norm), as edge.calibrate --cohort-folds does")
     p.add_argument(
         "--flip",
         choices=["model", "on", "off"],

@@ -78,7 +78,7 @@ def record_accuracy(model: Path, reports: dict[str, dict]) -> dict:
 
     acc: dict = {}
     for name, r in reports.items():
-        tag = "fiducials" if name.startswith("fiducials") else "detector"
+        tag = ("fiducials" if name.startswith("fiducials") else "detector") + ("_asnorm" if r.get("score_norm") else "")
         fold = r["test_fold"]
         for p in ("FF", "FP"):
             acc[f"cfp_fold{fold}_{p.lower()}_acc_{tag}"] = round(r[p]["accuracy"], 4)
@@ -103,11 +103,26 @@ def thresholds_section(meta) -> list[str]:
     if not meta.extra.get("matching_thresholds"):
         return []
     calib = meta.extra.get("matching_calibration", {})
+    norm = calib.get("score_norm")
+    units = (
+        [
+            f"Scores are cohort-normalised (AS-norm, `edge.core.scorenorm`): each side's top {norm['top_k']} cosines "
+            f"to a cohort ({norm['cohort']}) give its mean and spread, and a pair scores the mean of both sides' "
+            "z-scores; the thresholds below are in those units. The cohort ships beside the model "
+            f"(`{meta.extra.get('score_norm', {}).get('cohort_file')}`). The accuracy rows marked as-norm "
+            "(`training.identity eval --cohort-folds`) show what it does on fold 9: more true accepts at low "
+            "false-accept rates, where the device works, and a lower protocol accuracy at the equal-error point.",
+            "",
+        ]
+        if norm
+        else []
+    )
     lines = [
         "## Device thresholds (`python -m edge.calibrate`)",
         f"CFP fold(s) {calib.get('cfp_folds')}, FAR {calib.get('far')} per probe |yaw| bin, dense pairs "
         "(frontal gallery x every other photo), detector boxes:",
         "",
+        *units,
         "| |yaw| bin | threshold | TAR there | genuine pairs | impostor pairs |",
         "|---|---|---|---|---|",
     ]

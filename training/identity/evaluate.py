@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from edge.core.faces import alignment_for, embed_batch, prepare_largest_face
-from edge.datasets.cfp import cfp_photos, fold_identities, fold_pairs
+from edge.datasets.cfp import cfp_photos, fold_identities, fold_of, fold_pairs
 from edge.geometry.align import AlignmentSpec
 from edge.imageio import read_image_bgr
 from edge.metrics.verification import accuracy_at, best_threshold, eer, roc_auc, roc_curve, tar_at_far
@@ -44,11 +44,27 @@ class FaceTable:
         self.embeddings = np.asarray(embeddings, dtype=np.float32)
         self.abs_yaw = np.abs(np.asarray(yaws, dtype=np.float64))
         self.missing = set(missing)
+        self.norm = None  # an edge.core.scorenorm.ScoreNorm: scores are then cohort-normalised
+
+    def normalise_with_cohort(self, cohort_folds: Sequence[int], top_k: int) -> None:
+        """Score pairs as the device does with a cohort (``edge.calibrate --cohort-folds``): one
+        mean embedding per person and view of ``cohort_folds``' photos in this table."""
+        from edge.core.scorenorm import ScoreNorm, cohort_means
+
+        rows = [(k, i) for k, i in self.index.items() if fold_of(k.split("/")[0]) in set(cohort_folds)]
+        if not rows:
+            raise ValueError(f"--cohort-folds {list(cohort_folds)}: no face of those folds in the table")
+        ids = [int(k.split("/")[0]) for k, _ in rows]
+        views = [k.split("/")[1] for k, _ in rows]
+        self.norm = ScoreNorm(cohort_means(ids, views, self.embeddings[[i for _, i in rows]]), top_k)
 
     def score(self, a: str, b: str) -> float:
         if a not in self.index or b not in self.index:
             return MISSING_SCORE
-        return float(self.embeddings[self.index[a]] @ self.embeddings[self.index[b]])
+        ea, eb = self.embeddings[self.index[a]], self.embeddings[self.index[b]]
+        if self.norm is not None:
+            return float(self.norm.pair_scores(ea[None], eb[None])[0, 0])
+        return float(ea @ eb)
 
     def yaw(self, key: str) -> float:
         return float(self.abs_yaw[self.index[key]]) if key in self.index else float("nan")
@@ -102,7 +118,7 @@ def dense_scores(table: FaceTable, fold: int, protocol: str, root) -> tuple[np.n
 
     ea, oka, ida = matrix(frontal)
     eb, okb, idb = matrix(other)
-    s = ea @ eb.T
+    s = ea @ eb.T if table.norm is None else table.norm.pair_scores(ea, eb)
     s[~oka, :] = MISSING_SCORE
     s[:, ~okb] = MISSING_SCORE
     same = ida[:, None] == idb[None, :]
@@ -129,7 +145,9 @@ def dense_metrics(scores, labels) -> dict:
 def verification_report(
     root, table: FaceTable, test_fold: int, calib_folds: Sequence[int], with_roc: bool = False
 ) -> dict:
-    report: dict = {"test_fold": test_fold, "calib_folds": list(calib_folds), "photos_without_face": len(table.missing)}
+    folds = {test_fold, *calib_folds}  # the table may hold a cohort's folds too
+    missing = sum(fold_of(k.split("/")[0]) in folds for k in table.missing)
+    report: dict = {"test_fold": test_fold, "calib_folds": list(calib_folds), "photos_without_face": missing}
     rocs = {}
     for protocol in PROTOCOLS:
         cs, cl, _ = protocol_scores(root, protocol, calib_folds, table)

@@ -216,6 +216,8 @@ def demo_section(*demos: dict) -> list[str]:
             if rate is None
             else f"`matching.stranger_rate = {rate:g}` (the thresholds follow the gallery's size)"
         )
+        if demo.get("scores", "cosine") != "cosine":
+            how += f" on {demo['scores']} (cohort-normalised) scores"
         intro = (
             f"{demo['enrolled_people']} CFP fold-9 people enrolled from two frontal photos each, their other photos "
             f"and {demo['stranger_people']} strangers' photos streamed through `python -m edge.run` with "
