@@ -123,9 +123,7 @@ class YawThresholds:
             raise ThresholdsError(
                 f"{source}: field 'version': expected {THRESHOLDS_VERSION}, got {data.get('version')!r}"
             )
-        score = data.get("score", "cosine")
-        if score not in SCORES:
-            raise ThresholdsError(f"{source}: field 'score': expected one of {', '.join(SCORES)}, got {score!r}")
+        score = data.get("score", "cosine")  # checked by _check with the thresholds
         for name in ("edges_deg", "thresholds") + (("far_grid",) if "far_grid" in data else ()):
             value = data.get(name)
             if not isinstance(value, (list, tuple)) or not all(_is_number(v) for v in value):
@@ -155,6 +153,10 @@ def _in_range(value: float, score: str) -> bool:
     return -1.0 <= value <= 1.0 if score == "cosine" else math.isfinite(value)
 
 
+def _range_text(score: str) -> str:
+    return "cosines in [-1, 1]" if score == "cosine" else "finite numbers"
+
+
 def _check(edges: tuple, thresholds: tuple, source: str, score: str = "cosine") -> None:
     if not all(_is_number(e) and e > 0 for e in edges) or list(edges) != sorted(set(edges)):
         raise ThresholdsError(
@@ -167,8 +169,7 @@ def _check(edges: tuple, thresholds: tuple, source: str, score: str = "cosine") 
     if score not in SCORES:
         raise ThresholdsError(f"{source}: field 'score': expected one of {', '.join(SCORES)}, got {score!r}")
     if not all(_is_number(t) and _in_range(t, score) for t in thresholds):
-        what = "cosines in [-1, 1]" if score == "cosine" else "finite numbers"
-        raise ThresholdsError(f"{source}: field 'thresholds': expected {what}, got {list(thresholds)}")
+        raise ThresholdsError(f"{source}: field 'thresholds': expected {_range_text(score)}, got {list(thresholds)}")
 
 
 def _check_grid(far_grid: tuple, grid: tuple, bins: int, source: str, score: str = "cosine") -> None:
@@ -185,9 +186,9 @@ def _check_grid(far_grid: tuple, grid: tuple, bins: int, source: str, score: str
         )
     for row in grid:
         if not all(_in_range(t, score) for t in row) or any(b < a for a, b in zip(row, row[1:])):
-            what = "cosines in [-1, 1]" if score == "cosine" else "finite numbers"
             raise ThresholdsError(
-                f"{source}: field 'grid_thresholds': expected {what}, not decreasing as the rate falls, got {list(row)}"
+                f"{source}: field 'grid_thresholds': expected {_range_text(score)}, "
+                f"not decreasing as the rate falls, got {list(row)}"
             )
 
 
@@ -251,16 +252,13 @@ def match(
             + ("but no score normalisation was given" if score_norm is None else "but a score normalisation was given")
         )
     threshold = thresholds.threshold_for(probe_yaw)
-    if score_norm is None:
-        ranked = identity_scores(probe, gallery)
-        if not ranked:
-            return MatchResult(name=None, score=None, template_yaw=None, candidate=None, threshold=threshold)
-        name, score, template_yaw = ranked[0]
-        accepted = name if score >= threshold else None
-        return MatchResult(name=accepted, score=score, template_yaw=template_yaw, candidate=name, threshold=threshold)
     names, embeddings, yaws = gallery
     if len(names) == 0:
         return MatchResult(name=None, score=None, template_yaw=None, candidate=None, threshold=threshold)
+    if score_norm is None:
+        name, score, template_yaw = identity_scores(probe, gallery)[0]
+        accepted = name if score >= threshold else None
+        return MatchResult(name=accepted, score=score, template_yaw=template_yaw, candidate=name, threshold=threshold)
     unit = _unit_probe(probe, embeddings.shape[1])
     cosines = embeddings @ unit
     normed = score_norm.normalise(cosines[None, :], score_norm.stats(unit), score_norm.template_stats(embeddings))[0]
