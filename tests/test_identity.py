@@ -452,3 +452,62 @@ def test_face_table_scores_cohort_normalised_pairs_as_the_device_does():
     assert got == pytest.approx(want, rel=1e-5) and got != pytest.approx(raw)
     with pytest.raises(ValueError, match="no face of those folds"):
         table.normalise_with_cohort([5], top_k=10)
+
+
+def _unit(v):
+    v = np.asarray(v, dtype=np.float64)
+    return v / np.linalg.norm(v, axis=-1, keepdims=True)
+
+
+def _fold(rng, people=6, frontal=4, profile=2, dim=16, noise=0.3):
+    ids, views, numbers, emb, yaws = [], [], [], [], []
+    centres = _unit(rng.normal(size=(people, dim)))
+    for p in range(people):
+        for view, n, yaw in (("frontal", frontal, 0.0), ("profile", profile, 60.0)):
+            for k in range(n):
+                ids.append(401 + p)
+                views.append(view)
+                numbers.append(k + 1)
+                spread = noise if view == "frontal" else 2 * noise
+                emb.append(_unit(centres[p] + spread * rng.normal(size=dim) / np.sqrt(dim)))
+                yaws.append(yaw)
+    return np.array(ids), np.array(views), np.array(numbers), np.array(emb), np.array(yaws)
+
+
+def test_open_set_simulation_counts_as_the_demo_does():
+    from training.identity.opensim import simulate, summarise
+
+    rng = np.random.default_rng(6)
+    ids, views, numbers, emb, yaws = _fold(rng)
+    from edge.core.matching import YawThresholds
+
+    accept_all = YawThresholds.uniform(-1.0)
+    draws = simulate(ids, views, numbers, emb, yaws, accept_all, enrolled=3, strangers=2, templates=2, draws=3)
+    for d in draws:
+        # 3 people x (2 other frontal + 2 profile) probes, 2 strangers x 6 photos; everyone is accepted
+        assert d["probes"] == {"frontal": 6, "profile": 6, "stranger": 12}
+        assert d["strangers_accepted"] == 1.0
+        assert d["frontal_identified"] > 0.8  # the nearest template is the right person's
+    reject_all = YawThresholds.uniform(1.0)
+    none = summarise(simulate(ids, views, numbers, emb, yaws, reject_all, enrolled=3, strangers=2, draws=2))
+    assert none["strangers_accepted"]["max"] == 0.0 and none["frontal_identified"]["max"] == 0.0
+    with pytest.raises(ValueError, match="at most 6"):
+        simulate(ids, views, numbers, emb, yaws, accept_all, enrolled=5, strangers=2)
+
+
+def test_opensim_cli_on_real_photos(real_data, tmp_path):
+    import subprocess
+    import sys
+
+    from edge.shipped import SHIPPED_IDENTITY
+
+    cmd = [sys.executable, "-m", "training.identity", "opensim", "--model", str(SHIPPED_IDENTITY)]
+    out = subprocess.run(cmd + ["--stranger-rate", "2"], capture_output=True, text=True)
+    assert out.returncode == 2 and "--stranger-rate: expected a rate in (0, 1), got 2.0" in out.stderr
+    report_path = tmp_path / "sim.json"
+    subprocess.run(cmd + ["--draws", "2", "--json", str(report_path)], check=True, capture_output=True)
+    report = json.loads(report_path.read_text())
+    assert report["scores"] == "as-norm" and len(report["per_draw"]) == 2
+    assert report["per_draw"][0]["probes"] == {"frontal": 160, "profile": 80, "stranger": 280}  # the demo's shape
+    rates = report["rates"]
+    assert rates["frontal_identified"]["mean"] >= 0.9 and rates["strangers_accepted"]["mean"] <= 0.1

@@ -185,24 +185,26 @@ def write_thresholds(
 
 
 def chain_embeddings(photos, embedder, landmarker, detector, spec, progress: bool = True, desc: str = "faces"):
-    """(identities, views, unit embeddings, |yaw|, photos without a face) through the device chain."""
+    """(identities, views, unit embeddings, |yaw|, photos without a face, the kept photos' indices in
+    ``photos``) through the device chain."""
     from tqdm import tqdm
 
     from edge.core.faces import embed_batch, prepare_largest_face
     from edge.imageio import read_image_bgr
     from edge.landmarks.crop import BLAZEFACE_SHORT_CROP
 
-    ids, views, faces, yaws, missing = [], [], [], [], 0
-    for photo in tqdm(photos, desc=desc, disable=not progress, mininterval=5):
+    ids, views, faces, yaws, missing, kept = [], [], [], [], 0, []
+    for k, photo in enumerate(tqdm(photos, desc=desc, disable=not progress, mininterval=5)):
         face = prepare_largest_face(read_image_bgr(photo.image_path), detector, BLAZEFACE_SHORT_CROP, landmarker, spec)
         if face is None:
             missing += 1
             continue
+        kept.append(k)
         ids.append(photo.identity)
         views.append(photo.view)
         faces.append(face.aligned)
         yaws.append(abs(face.yaw))
-    return np.array(ids), np.array(views), embed_batch(embedder, faces), np.array(yaws), missing
+    return np.array(ids), np.array(views), embed_batch(embedder, faces), np.array(yaws), missing, kept
 
 
 def calibrate_model(
@@ -237,14 +239,14 @@ def calibrate_model(
     if not photos:
         raise ValueError(f"--cfp-root {cfp_root}: no photos of fold(s) {folds}")
     chain = (embedder, landmarker, detector, spec, progress)
-    ids, views, emb, yaws, missing = chain_embeddings(photos, *chain, desc="calibration faces")
+    ids, views, emb, yaws, missing, _ = chain_embeddings(photos, *chain, desc="calibration faces")
     scores, same, probe_yaw = dense_probe_pairs(ids, views, emb, yaws)
     cohort, norm_details = None, None
     if cohort_folds:
         cohort_photos = cfp_photos(cfp_root, identities=[i for f in cohort_folds for i in fold_identities(f)])
         if not cohort_photos:
             raise ValueError(f"--cfp-root {cfp_root}: no photos of cohort fold(s) {list(cohort_folds)}")
-        c_ids, c_views, c_emb, _, _ = chain_embeddings(cohort_photos, *chain, desc="cohort faces")
+        c_ids, c_views, c_emb, _, _, _ = chain_embeddings(cohort_photos, *chain, desc="cohort faces")
         cohort = cohort_means(c_ids, c_views, c_emb)
         norm = ScoreNorm(cohort.astype(np.float16).astype(np.float32), top_k)  # as stored
         gallery = views == "frontal"

@@ -87,6 +87,34 @@ def _write(report: dict, out) -> None:
         tmp.replace(out)
 
 
+def cmd_opensim(args) -> int:
+    from edge.datasets.cfp import cfp_root
+    from training.identity.opensim import run
+
+    if args.stranger_rate is not None and not 0 < args.stranger_rate < 1:
+        raise ValueError(f"--stranger-rate: expected a rate in (0, 1), got {args.stranger_rate}")
+    if args.draws < 1 or args.templates < 1:
+        raise ValueError(f"--draws {args.draws} / --templates {args.templates}: expected at least 1 each")
+    model = Path(args.model)
+    if not model.exists():
+        raise FileNotFoundError(f"--model {model}: no such file")
+    report = run(
+        model,
+        cfp_root(args.cfp_root),
+        args.fold,
+        args.landmark_model,
+        args.threads,
+        args.stranger_rate,
+        enrolled=args.enrolled,
+        strangers=args.strangers,
+        templates=args.templates,
+        draws=args.draws,
+        seed=args.seed,
+    )
+    _write(report, args.json)
+    return 0
+
+
 def cmd_eval(args) -> int:
     import time
 
@@ -214,6 +242,7 @@ def cmd_finetune_card(args) -> int:
         [Path(d) for d in args.demo] if args.demo else None,
         args.recipe,
         Path(args.student_run) if args.student_run else None,
+        [Path(p) for p in args.opensim] if args.opensim else None,
     )
     print(f"wrote {out}")
     return 0
@@ -297,6 +326,21 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.set_defaults(func=cmd_eval)
 
+    p = sub.add_parser("opensim", help="the demo's open-set identification over many random galleries")
+    p.add_argument("--model", required=True, help="identity model (.onnx/.tflite) with calibrated thresholds")
+    p.add_argument("--cfp-root", default=None, help="folder in the CFP layout (default: <data root>/cfp)")
+    p.add_argument("--fold", type=int, default=9, help="the fold whose people are drawn (never trained on)")
+    p.add_argument("--landmark-model", default=None, help="PIPNet model (default: the shipped one)")
+    p.add_argument("--enrolled", type=int, default=20, help="people enrolled per draw")
+    p.add_argument("--strangers", type=int, default=20, help="other people per draw, never enrolled")
+    p.add_argument("--templates", type=int, default=2, help="frontal photos enrolled per person (the first ones)")
+    p.add_argument("--draws", type=int, default=40)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--stranger-rate", type=float, default=None, help="as matching.stranger_rate (default: per pair)")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--json", default=None, help="write the report here too")
+    p.set_defaults(func=cmd_opensim)
+
     p = sub.add_parser("export", help="export a checkpoint's identity path to ONNX (opset 17) with metadata")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--out", required=True, help=".onnx file; metadata is written beside it (.json)")
@@ -344,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=None,
         help="people_demo.json of python -m edge.demo_people with this model (repeat: e.g. with --stranger-rate too)",
+    )
+    p.add_argument(
+        "--opensim", action="append", default=None, help="JSON of python -m training.identity opensim (repeat)"
     )
     p.add_argument("--recipe", default=None, help="the recipe TOML the run was trained with (named in the card)")
     p.add_argument("--out", default=None, help="default: MODEL_CARD.md (default model) or MODEL_CARD_<stem>.md")

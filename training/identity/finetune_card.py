@@ -197,6 +197,28 @@ def landmark_cost_lines(reports: dict) -> list[str]:
     ]
 
 
+def opensim_section(*sims: dict) -> list[str]:
+    """The demo's rates over many random galleries (``python -m training.identity opensim``)."""
+    first = sims[0]
+    lines = [
+        f"The demo is one draw of people. Over {first['draws']} random draws of the same shape from CFP fold "
+        f"{first['fold']} ({first['enrolled']} people enrolled from their first {first['templates']} frontal photos, "
+        f"{first['strangers']} strangers; every photo decided alone with `{Path(first['model']).name}`'s own "
+        "thresholds, `python -m training.identity opensim`), mean +- standard deviation (range):",
+        "",
+        "| thresholds | frontal identified | profile identified | strangers accepted |",
+        "|---|---|---|---|",
+    ]
+    for sim in sims:
+        rule = "per pair" if sim.get("stranger_rate") is None else f"stranger_rate {sim['stranger_rate']:g}"
+        cells = [
+            f"{_pct(r['mean'])} +- {_pct(r['std'])} ({_pct(r['min'])}-{_pct(r['max'])})"
+            for r in (sim["rates"][k] for k in ("frontal_identified", "profile_identified", "strangers_accepted"))
+        ]
+        lines.append(f"| {rule}, {sim['scores']} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def demo_section(*demos: dict) -> list[str]:
     """What ``make demo`` showed with this model (``python -m edge.demo_people``'s JSON), one
     paragraph per run: per-pair thresholds, and with ``--stranger-rate`` where it was run too."""
@@ -263,6 +285,7 @@ def write_finetune_card(
     demo: Path | list[Path] | None = None,
     recipe: Path | None = None,
     student_run: Path | None = None,
+    opensim: list[Path] | None = None,
 ) -> Path:
     cfg = json.loads((run / "config.json").read_text())
     rows = _rows(run)
@@ -360,6 +383,9 @@ def write_finetune_card(
     demos = [json.loads(Path(d).read_text()) for d in demos if Path(d).exists()]
     if demos:
         parts += demo_section(*demos)
+    sims = [json.loads(Path(p).read_text()) for p in (opensim or []) if Path(p).exists()]
+    if sims:
+        parts += opensim_section(*sims)
     parts += landmark_cost_lines(reports)
     parts += [
         "## Files",

@@ -10,4 +10,6 @@ A=training/identity/results/dlib_ablation
   --bench $A/bench_r29_vs_mfn.json \
   --demo training/identity/results/shipped_r29/people_demo.json \
   --demo training/identity/results/shipped_r29/people_demo_stranger_rate_0.01.json \
+  --opensim training/identity/results/shipped_r29/opensim_fold9.json \
+  --opensim training/identity/results/shipped_r29/opensim_fold9_stranger_rate_0.01.json \
   --recipe training/identity/configs/dlib/shipped.toml
