@@ -204,7 +204,8 @@ def opensim_section(*sims: dict) -> list[str]:
         f"The demo is one draw of people. Over {first['draws']} random draws of the same shape from CFP fold "
         f"{first['fold']} ({first['enrolled']} people enrolled from their first {first['templates']} frontal photos, "
         f"{first['strangers']} strangers; every photo decided alone with `{Path(first['model']).name}`'s own "
-        "thresholds, `python -m training.identity opensim`), mean +- standard deviation (range):",
+        f"thresholds, landmarks `{Path(first['landmark_model']).name}`, `python -m training.identity opensim`), "
+        "mean +- standard deviation (range):",
         "",
         "| thresholds | frontal identified | profile identified | strangers accepted |",
         "|---|---|---|---|",
