@@ -238,3 +238,18 @@ def test_runtime_refuses_a_model_whose_cohort_is_missing(tmp_path):
     with pytest.raises(ConfigError, match="rerun python -m edge.calibrate"):
         matching_score_norm(here, bare, thresholds)
     assert matching_score_norm(here, embedder, YawThresholds.uniform(0.5)) is None
+
+
+def test_dense_pairs_score_normalised_as_the_matcher_does():
+    from edge.tools.calibrate import dense_probe_pairs
+
+    rng = np.random.default_rng(7)
+    emb = unit(rng.normal(size=(6, 4)))
+    ids = np.array([1, 1, 2, 2, 3, 3])
+    views = np.array(["frontal", "profile"] * 3)
+    norm = ScoreNorm(unit(rng.normal(size=(10, 4))), top_k=3)
+    cos, same, yaw = dense_probe_pairs(ids, views, emb, np.arange(6.0))
+    z, same_z, yaw_z = dense_probe_pairs(ids, views, emb, np.arange(6.0), norm)
+    assert np.array_equal(same, same_z) and np.array_equal(yaw, yaw_z) and len(z) == len(cos) == 3 * 5
+    want = norm.pair_scores(emb[0::2], emb)  # frontal gallery x every photo, self pairs dropped
+    assert np.allclose(z, want[np.arange(3)[:, None] * 2 != np.arange(6)[None, :]])

@@ -136,10 +136,16 @@ def _fill_from_nearer(values: list, error: str) -> list:
     return out
 
 
-def dense_probe_pairs(identities: np.ndarray, views: np.ndarray, embeddings: np.ndarray, abs_yaw: np.ndarray):
-    """(scores, same, probe |yaw|): every frontal photo as gallery against every other photo as probe."""
+def dense_probe_pairs(
+    identities: np.ndarray, views: np.ndarray, embeddings: np.ndarray, abs_yaw: np.ndarray, score_norm=None
+):
+    """(scores, same, probe |yaw|): every frontal photo as gallery against every other photo as probe;
+    cosines, or with ``score_norm`` (:class:`edge.core.scorenorm.ScoreNorm`) normalised scores."""
     gallery = np.flatnonzero(views == "frontal")
-    scores = embeddings[gallery] @ embeddings.T  # (G, N)
+    if score_norm is None:
+        scores = embeddings[gallery] @ embeddings.T  # (G, N)
+    else:
+        scores = score_norm.pair_scores(embeddings[gallery], embeddings)
     same = identities[gallery][:, None] == identities[None, :]
     not_self = gallery[:, None] != np.arange(len(identities))[None, :]
     probe_yaw = np.broadcast_to(abs_yaw[None, :], scores.shape)
@@ -240,8 +246,7 @@ def calibrate_model(
         raise ValueError(f"--cfp-root {cfp_root}: no photos of fold(s) {folds}")
     chain = (embedder, landmarker, detector, spec, progress)
     ids, views, emb, yaws, missing, _ = chain_embeddings(photos, *chain, desc="calibration faces")
-    scores, same, probe_yaw = dense_probe_pairs(ids, views, emb, yaws)
-    cohort, norm_details = None, None
+    cohort, norm, norm_details = None, None, None
     if cohort_folds:
         cohort_photos = cfp_photos(cfp_root, identities=[i for f in cohort_folds for i in fold_identities(f)])
         if not cohort_photos:
@@ -249,16 +254,13 @@ def calibrate_model(
         c_ids, c_views, c_emb, _, _, _ = chain_embeddings(cohort_photos, *chain, desc="cohort faces")
         cohort = cohort_means(c_ids, c_views, c_emb)
         norm = ScoreNorm(cohort.astype(np.float16).astype(np.float32), top_k)  # as stored
-        gallery = views == "frontal"
-        normed = norm.normalise(emb[gallery] @ emb.T, norm.stats(emb[gallery]), norm.stats(emb))
-        not_self = np.flatnonzero(gallery)[:, None] != np.arange(len(ids))[None, :]
-        scores = normed[not_self]
         norm_details = {
             "method": "as-norm",
             "top_k": top_k,
             "cohort": f"CFP fold(s) {list(cohort_folds)}: one mean embedding per person and view "
             f"({len(cohort)} rows from {len(cohort_photos)} photos), through the device chain",
         }
+    scores, same, probe_yaw = dense_probe_pairs(ids, views, emb, yaws, norm)
     thresholds, rows = calibrate_scores(
         scores, same, probe_yaw, tuple(edges), far, "as-norm" if cohort_folds else "cosine"
     )
