@@ -495,6 +495,28 @@ def test_open_set_simulation_counts_as_the_demo_does():
         simulate(ids, views, numbers, emb, yaws, accept_all, enrolled=5, strangers=2)
 
 
+def test_open_set_frontier_splits_the_stranger_budget_across_bins():
+    from training.identity.opensim import frontier
+
+    # (kind: 0 frontal, 1 profile, 2 stranger; |yaw| bin; score; best candidate right)
+    records = [
+        (2, 0, 0.9, False), (2, 0, 0.1, False), (0, 0, 0.5, True), (0, 0, 0.95, True),
+        (2, 1, 0.3, False), (1, 1, 0.2, True), (1, 1, 0.25, True), (1, 1, 0.4, True), (1, 1, 0.35, False),
+    ]  # fmt: skip
+    none, one, all_ = frontier(records, bins=2, rates=(0.2, 0.34, 0.99))
+    # no stranger may pass: each bin's threshold sits just above its best stranger
+    assert none["strangers_accepted"] == 0.0 and none["frontal_identified"] == 0.5
+    assert none["profile_identified"] == 0.25 and none["thresholds"] == [0.9, 0.3]  # rounded: just above
+    # one stranger: the profile bin's gains two probes, the frontal bin's one, so the profile bin takes it
+    # (a wrong best candidate is never counted, whatever its score)
+    assert one["strangers_accepted"] == round(1 / 3, 4)
+    assert (one["frontal_identified"], one["profile_identified"]) == (0.5, 0.75)
+    assert one["thresholds"] == [0.9, None]  # None: every stranger of the bin passes
+    assert all_["frontal_identified"] == 1.0 and all_["profile_identified"] == 0.75
+    with pytest.raises(ValueError, match="no stranger probes"):
+        frontier([(0, 0, 0.5, True)], bins=1)
+
+
 def test_opensim_cli_on_real_photos(real_data, tmp_path):
     import subprocess
     import sys
@@ -511,3 +533,14 @@ def test_opensim_cli_on_real_photos(real_data, tmp_path):
     assert report["per_draw"][0]["probes"] == {"frontal": 160, "profile": 80, "stranger": 280}  # the demo's shape
     rates = report["rates"]
     assert rates["frontal_identified"]["mean"] >= 0.9 and rates["strangers_accepted"]["mean"] <= 0.1
+    out = subprocess.run(cmd + ["--plot", str(tmp_path / "f.png")], capture_output=True, text=True)
+    assert out.returncode == 2 and "--plot: draws the frontier, so it needs --frontier" in out.stderr
+    plot = tmp_path / "frontier.png"
+    args = ["--draws", "2", "--frontier", "0.01", "0.05", "--plot", str(plot), "--json", str(report_path)]
+    subprocess.run(cmd + args, check=True, capture_output=True)
+    report = json.loads(report_path.read_text())
+    low, high = report["frontier"]
+    assert plot.stat().st_size > 0 and len(low["thresholds"]) == 4
+    # fitted to these draws: at most the asked share of strangers, and more probes where more may pass
+    assert low["strangers_accepted"] <= 0.01 and high["strangers_accepted"] <= 0.05
+    assert high["profile_identified"] >= low["profile_identified"] >= 0.5

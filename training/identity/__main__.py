@@ -89,12 +89,20 @@ def _write(report: dict, out) -> None:
 
 def cmd_opensim(args) -> int:
     from edge.datasets.cfp import cfp_root
-    from training.identity.opensim import run
+    from training.identity.opensim import DEFAULT_FRONTIER, plot_frontier, run
 
     if args.stranger_rate is not None and not 0 < args.stranger_rate < 1:
         raise ValueError(f"--stranger-rate: expected a rate in (0, 1), got {args.stranger_rate}")
     if args.draws < 1 or args.templates < 1:
         raise ValueError(f"--draws {args.draws} / --templates {args.templates}: expected at least 1 each")
+    frontier_rates = None
+    if args.frontier is not None:
+        frontier_rates = tuple(args.frontier) or DEFAULT_FRONTIER
+        bad = [r for r in frontier_rates if not 0 < r < 1]
+        if bad:
+            raise ValueError(f"--frontier: expected rates in (0, 1), got {bad[0]}")
+    if args.plot and frontier_rates is None:
+        raise ValueError("--plot: draws the frontier, so it needs --frontier")
     model = Path(args.model)
     if not model.exists():
         raise FileNotFoundError(f"--model {model}: no such file")
@@ -105,12 +113,15 @@ def cmd_opensim(args) -> int:
         args.landmark_model,
         args.threads,
         args.stranger_rate,
+        frontier_rates,
         enrolled=args.enrolled,
         strangers=args.strangers,
         templates=args.templates,
         draws=args.draws,
         seed=args.seed,
     )
+    if args.plot:
+        report["plot"] = str(plot_frontier(report, Path(args.plot)))
     _write(report, args.json)
     return 0
 
@@ -337,6 +348,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--draws", type=int, default=40)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--stranger-rate", type=float, default=None, help="as matching.stranger_rate (default: per pair)")
+    p.add_argument(
+        "--frontier",
+        type=float,
+        nargs="*",
+        default=None,
+        help="also the best per-|yaw|-bin thresholds fitted to the draws at these stranger rates "
+        "(an upper bound for any calibration; no value: 0.0025 0.005 0.01 0.02 0.03 0.05)",
+    )
+    p.add_argument("--plot", default=None, help="PNG of the frontier and the run's operating point (needs --frontier)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--json", default=None, help="write the report here too")
     p.set_defaults(func=cmd_opensim)

@@ -217,6 +217,32 @@ def opensim_section(*sims: dict) -> list[str]:
             for r in (sim["rates"][k] for k in ("frontal_identified", "profile_identified", "strangers_accepted"))
         ]
         lines.append(f"| {rule}, {sim['scores']} | " + " | ".join(cells) + " |")
+    lines.append("")
+    with_frontier = [sim for sim in sims if sim.get("frontier")]
+    if with_frontier:
+        lines += frontier_lines(with_frontier[0])
+    return lines
+
+
+def frontier_lines(sim: dict) -> list[str]:
+    """The open-set frontier of ``opensim --frontier``: what the best per-bin thresholds would do."""
+    lines = [
+        "What the scores allow (`opensim --frontier`): per |yaw| bin the thresholds that identify the most "
+        "enrolled probes while at most the given share of strangers passes, fitted to the same draws' own "
+        "scores, so an upper bound for any calibration of one threshold per bin:",
+        "",
+        "| strangers accepted at most | frontal identified | profile identified | strangers accepted | "
+        "thresholds per bin |",
+        "|---|---|---|---|---|",
+    ]
+    for point in sim["frontier"]:
+        ts = ", ".join("any" if t is None else f"{t:g}" for t in point["thresholds"])
+        lines.append(
+            f"| {100 * point['stranger_rate']:g}% | {_pct(point['frontal_identified'])} | "
+            f"{_pct(point['profile_identified'])} | {100 * point['strangers_accepted']:.2f}% | {ts} |"
+        )
+    if sim.get("plot"):
+        lines += ["", f"![open-set frontier]({Path(sim['plot']).name})"]
     return lines + [""]
 
 
