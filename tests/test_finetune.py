@@ -98,8 +98,8 @@ def test_shipped_recipes_load():
     from training.identity.student import load_student_config
 
     folder = Path(__file__).resolve().parents[1] / "training" / "identity" / "configs"
-    arms = sorted((folder / "dlib").glob("*.toml"))
-    assert len(arms) >= 7
+    arms = sorted((folder / "dlib").rglob("*.toml"))  # the arms, and the levers and guards measured
+    assert len(arms) >= 7 and any(p.parent.name == "levers" for p in arms)
     for path in arms:
         cfg = load_toml(IdentityTrainConfig, path)
         assert cfg.trunk == "dlib_resnet" and 9 not in cfg.train_cfp_folds
