@@ -129,7 +129,7 @@ def frontier(records: list, bins: int, rates=DEFAULT_FRONTIER) -> list[dict]:
     out = []
     for rate in rates:
         budget = int(np.floor(rate * strangers))
-        # gains[b][j]: (identified, frontal, profile, threshold) when bin b accepts its j best strangers
+        # options[k][j]: (identified, frontal, profile, threshold) when bin k accepts its j best strangers
         options = []
         for k in range(bins):
             st = np.sort(score[(kind == 2) & (b == k)])[::-1]
