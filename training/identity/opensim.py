@@ -133,12 +133,13 @@ def frontier(records: list, bins: int, rates=DEFAULT_FRONTIER) -> list[dict]:
         options = []
         for k in range(bins):
             st = np.sort(score[(kind == 2) & (b == k)])[::-1]
-            good = (kind < 2) & (b == k) & right
+            # the right candidates' scores of the bin's frontal and profile probes, ascending
+            good = [np.sort(score[(kind == c) & (b == k) & right]) for c in (0, 1)]
             rows = []
             for j in range(min(budget, st.size) + 1):
                 thr = float(np.nextafter(st[j], np.inf)) if j < st.size else -np.inf
-                hit = good & (score >= thr)
-                rows.append((int(hit.sum()), int((hit & (kind == 0)).sum()), int((hit & (kind == 1)).sum()), thr))
+                f, p = (int(g.size - np.searchsorted(g, thr)) for g in good)  # scores >= thr
+                rows.append((f + p, f, p, thr))
             options.append(rows)
         best = {0: (0, 0, 0, [])}  # strangers used -> (identified, frontal, profile, thresholds)
         for rows in options:
